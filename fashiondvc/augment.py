@@ -1,0 +1,195 @@
+"""Deterministic augmentation, and the sharded JPEG store the augmented images live in.
+
+Every source photo becomes copy 0 (the photo resized) plus ``copies`` random variants. A variant
+depends only on ``(seed, image_id, copy)``, so the result does not depend on worker count or order.
+Colour is never jittered in hue: the colour attributes must stay true.
+
+The store is a folder with ``index.csv`` (one row per image: ``index, image_id, copy, shard,
+offset, length``) and a few ``shard-NNNNN.bin`` files of concatenated JPEG bytes, because DVC
+handles a few large files far better than 20k small ones.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageEnhance
+from tqdm.auto import tqdm
+
+from fashiondvc.dataset import load_rgb
+from fashiondvc.errors import FashionError
+from fashiondvc.io import atomic_path, write_csv
+
+JPEG_QUALITY = 92
+SHARD_IMAGES = 4096
+
+
+def resize(image: Image.Image, size: int) -> Image.Image:
+    """Resize to ``size`` x ``size`` (squashing the aspect ratio, as the paper does)."""
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def random_variant(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """One augmented variant: random crop, flip, small rotation, brightness and contrast."""
+    width, height = image.size
+    scale = rng.uniform(0.75, 1.0)
+    crop_w, crop_h = max(int(width * scale), 1), max(int(height * scale), 1)
+    left = int(rng.integers(0, width - crop_w + 1))
+    top = int(rng.integers(0, height - crop_h + 1))
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR)
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.8, 1.2))
+    return resize(image, size)
+
+
+def variants(data: bytes, name: str, image_id: int, copies: int, size: int,
+             seed: int) -> list[bytes]:
+    """JPEG bytes of copy 0 (resized original) and ``copies`` variants of one source photo."""
+    image = load_rgb(data, name)
+    out = [resize(image, size)]
+    for copy in range(1, copies + 1):
+        rng = np.random.default_rng([seed, image_id, copy])
+        out.append(random_variant(image, size, rng))
+    encoded = []
+    for variant in out:
+        buffer = io.BytesIO()
+        variant.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def _variants_of_file(args: tuple[Path, int, int, int, int]) -> list[bytes]:
+    path, image_id, copies, size, seed = args
+    return variants(path.read_bytes(), str(path), image_id, copies, size, seed)
+
+
+def augment_folder(images_dir: str | os.PathLike, image_ids: Sequence[int],
+                   out_dir: str | os.PathLike, *, copies: int, size: int, seed: int,
+                   workers: int = 0) -> pd.DataFrame:
+    """Augment ``images_dir/%06d.jpg`` for each id into a sharded store at ``out_dir``.
+
+    Parameters
+    ----------
+    copies : int
+        Augmented variants per photo, besides the resized original (paper: 10).
+    size : int
+        Output side in pixels (paper: 224).
+    workers : int
+        Processes for decoding and encoding; 0 = all CPUs.
+
+    Returns
+    -------
+    DataFrame
+        The store's index.
+    """
+    if copies < 0:
+        raise FashionError(f"augment.copies: must be >= 0, got {copies}")
+    if size < 32:
+        raise FashionError(f"augment.image_size: must be >= 32, got {size}")
+    images_dir = Path(images_dir)
+    jobs = [(images_dir / f"{int(i):06d}.jpg", int(i), copies, size, seed) for i in image_ids]
+    workers = workers or os.cpu_count() or 1
+    rows = []
+    with atomic_path(out_dir, is_dir=True) as tmp, _Pool(workers) as pool, \
+            ShardWriter(tmp) as writer:
+        results = pool.map(_variants_of_file, jobs, chunksize=8)
+        for (_, image_id, *_), encoded in tqdm(zip(jobs, results, strict=True), total=len(jobs),
+                                               desc="augment", unit="photo", disable=None):
+            for copy, data in enumerate(encoded):
+                shard, offset = writer.append(data)
+                rows.append((len(rows), image_id, copy, shard, offset, len(data)))
+        index = pd.DataFrame(rows, columns=["index", "image_id", "copy", "shard", "offset",
+                                            "length"])
+        write_csv(tmp / "index.csv", index)
+    return index
+
+
+class _Pool:
+    """A process pool, or plain in-process ``map`` for one worker (easier to debug, no fork)."""
+
+    def __init__(self, workers: int):
+        self.executor = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def map(self, fn, items, chunksize: int = 1) -> Iterator:
+        if self.executor is None:
+            return map(fn, items)
+        return self.executor.map(fn, items, chunksize=chunksize)
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
+
+
+class ShardWriter:
+    """Append JPEG bytes to ``shard-NNNNN.bin`` files of at most `SHARD_IMAGES` images each."""
+
+    def __init__(self, folder: Path, shard_images: int = SHARD_IMAGES):
+        self.folder, self.shard_images = folder, shard_images
+        self.count, self.handle, self.offset = 0, None, 0
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        shard = self.count // self.shard_images
+        if self.count % self.shard_images == 0:
+            self.close()
+            self.handle = open(self.folder / f"shard-{shard:05d}.bin", "wb")  # noqa: SIM115
+            self.offset = 0
+        offset = self.offset
+        self.handle.write(data)
+        self.offset += len(data)
+        self.count += 1
+        return shard, offset
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageStore:
+    """Read access to an augmented store: ``len(store)``, ``store[i]`` -> RGB uint8 array (H, W, 3).
+
+    Shards are memory-mapped lazily, so a store can be handed to DataLoader workers cheaply.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        index_path = self.folder / "index.csv"
+        if not index_path.exists():
+            raise FashionError(f"{index_path} does not exist: run the augment stage first")
+        self.index = pd.read_csv(index_path)
+        self._location = self.index[["shard", "offset", "length"]].to_numpy()
+        self._shards: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def jpeg(self, i: int) -> bytes:
+        shard, offset, length = (int(v) for v in self._location[i])
+        if shard not in self._shards:
+            self._shards[shard] = np.memmap(self.folder / f"shard-{shard:05d}.bin", mode="r")
+        return self._shards[shard][offset:offset + length].tobytes()
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        with Image.open(io.BytesIO(self.jpeg(i))) as image:
+            return np.array(image.convert("RGB"))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shards": {}}

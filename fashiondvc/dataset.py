@@ -1,0 +1,410 @@
+"""The Clothing Attribute Dataset: attribute names, label sets, archive reading and ingest.
+
+The official archive holds ``images/%06d.jpg`` and one MATLAB file per attribute,
+``labels/<attribute>_GT.mat``, each with a variable ``GT`` of shape (1856, 1) whose row i is image
+i + 1. Values are 1..K; NaN means the annotators disagreed, so the label is *missing*, not negative.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.io
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from fashiondvc.errors import FashionError
+from fashiondvc.io import atomic_path, sha256_file, write_csv, write_json
+
+COLOURS = (
+    "red", "yellow", "green", "cyan", "blue", "purple", "brown", "white", "gray", "black",
+    "many_colors",
+)
+PATTERNS = (
+    "pattern_solid", "pattern_floral", "pattern_spot", "pattern_graphics", "pattern_plaid",
+    "pattern_stripe",
+)
+BINARY_ATTRIBUTES = (
+    "necktie", "collar", "gender", "placket", "skin_exposure", "scarf", *PATTERNS, *COLOURS,
+)
+#: Multi-class attributes and their number of classes.
+MULTICLASS_ATTRIBUTES = {"sleevelength": 3, "neckline": 3, "category": 7}
+ATTRIBUTES = (*BINARY_ATTRIBUTES, *MULTICLASS_ATTRIBUTES)
+N_CLASSES = {**dict.fromkeys(BINARY_ATTRIBUTES, 2), **MULTICLASS_ATTRIBUTES}
+
+#: Named label sets. ``attrs20`` drops gender and skin_exposure (they describe the wearer, not
+#: the clothes) and placket (rarely visible in street photos); the paper does not list its 20.
+LABEL_SETS: dict[str, tuple[str, ...]] = {
+    "colors11": COLOURS,
+    "attrs20": tuple(
+        a for a in BINARY_ATTRIBUTES if a not in {"gender", "skin_exposure", "placket"}
+    ),
+    "binary23": BINARY_ATTRIBUTES,
+}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def resolve_label_set(labels: str | Sequence[str]) -> list[str]:
+    """Return the attribute names a ``labels`` parameter stands for.
+
+    Parameters
+    ----------
+    labels : str or sequence of str
+        A named set (``colors11``, ``attrs20``, ``binary23``), a single attribute name, or a list
+        of binary attribute names.
+
+    Raises
+    ------
+    FashionError
+        For unknown names, multi-class attributes, duplicates or an empty set.
+    """
+    if isinstance(labels, str):
+        if labels in LABEL_SETS:
+            return list(LABEL_SETS[labels])
+        labels = [labels]
+    names = list(labels)
+    if not names:
+        raise FashionError("labels: the label set is empty")
+    for name in names:
+        if name in MULTICLASS_ATTRIBUTES:
+            raise FashionError(
+                f"labels: {name!r} is multi-class; only binary attributes can be predicted"
+            )
+        if name not in BINARY_ATTRIBUTES:
+            known = ", ".join([*LABEL_SETS, *BINARY_ATTRIBUTES])
+            raise FashionError(f"labels: unknown label {name!r} (known: {known})")
+    if len(set(names)) != len(names):
+        raise FashionError(f"labels: duplicate names in {names}")
+    return names
+
+
+def binary_targets(table: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (1 = yes) and an observed-mask for binary attributes coded 1 = no, 2 = yes.
+
+    Returns
+    -------
+    targets : ndarray of float32, shape (n_images, n_labels)
+        1.0 where the attribute is present, 0.0 where absent or missing.
+    mask : ndarray of bool, shape (n_images, n_labels)
+        True where the label was observed (not NaN).
+    """
+    missing = [name for name in names if name not in table.columns]
+    if missing:
+        raise FashionError(f"labels: the archive has no attribute {missing[0]!r}")
+    values = table[list(names)].to_numpy(dtype=np.float64)
+    mask = ~np.isnan(values)
+    targets = np.where(mask, values == 2, False).astype(np.float32)
+    return targets, mask
+
+
+# --------------------------------------------------------------------------- archive access
+
+
+class ArchiveReader:
+    """Read members of the dataset from a zip file or an extracted folder, by relative path.
+
+    Member paths are relative to the dataset root (the folder holding ``labels/`` and
+    ``images/``), which may sit one level down, as in the official ``ClothingAttributeDataset/``.
+    """
+
+    def __init__(self, source: str | os.PathLike):
+        self.source = Path(source)
+        if self.source.is_dir():
+            self._zip = None
+            names = [p.relative_to(self.source).as_posix() for p in self.source.rglob("*")
+                     if p.is_file()]
+        elif self.source.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.source)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise FashionError(f"{self.source}: not a readable zip archive ({exc})") from None
+            names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
+            for name in names:
+                _check_member_name(self.source, name)
+        else:
+            raise FashionError(f"data.archive: {self.source} does not exist")
+        self.root = _find_root(self.source, names)
+        prefix = f"{self.root}/" if self.root else ""
+        self.members = {n[len(prefix):]: n for n in names if n.startswith(prefix)}
+
+    def list(self, folder: str) -> list[str]:
+        """Sorted member paths directly inside ``folder`` (e.g. ``"labels"``)."""
+        return sorted(m for m in self.members if posixpath.dirname(m) == folder)
+
+    def read(self, member: str) -> bytes:
+        """The bytes of one member."""
+        name = self.members.get(member)
+        if name is None:
+            raise FashionError(f"{self.source}: missing member {member}")
+        if self._zip is None:
+            return (self.source / name).read_bytes()
+        try:
+            return self._zip.read(name)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise FashionError(f"{self.source}: cannot read {name} ({exc})") from None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_member_name(archive: Path, name: str) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise FashionError(f"{archive}: unsafe member path {name!r} escapes the archive root")
+
+
+def _find_root(source: Path, names: list[str]) -> str:
+    roots = {posixpath.dirname(posixpath.dirname(n)) for n in names
+             if posixpath.basename(posixpath.dirname(n)) == "labels" and n.endswith("_GT.mat")}
+    for root in sorted(roots, key=len):
+        prefix = f"{root}/" if root else ""
+        if any(n.startswith(f"{prefix}images/") for n in names):
+            return root
+    if not roots:
+        raise FashionError(f"{source}: no labels/<attribute>_GT.mat files found")
+    raise FashionError(f"{source}: no images/ folder beside labels/")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def parse_label_file(data: bytes, attribute: str, n_images: int | None = None) -> np.ndarray:
+    """Parse one ``<attribute>_GT.mat`` into a float vector with NaN for missing labels.
+
+    Raises
+    ------
+    FashionError
+        If the file is not a MATLAB file, lacks ``GT``, has the wrong length, or holds values
+        outside 1..K.
+    """
+    source = f"labels/{attribute}_GT.mat"
+    try:
+        content = scipy.io.loadmat(io.BytesIO(data))
+    except Exception as exc:  # scipy raises several unrelated types for corrupt files
+        raise FashionError(f"{source}: not a readable MATLAB file ({exc})") from None
+    if "GT" not in content:
+        raise FashionError(f"{source}: no variable 'GT'")
+    values = np.asarray(content["GT"], dtype=np.float64)
+    if values.ndim != 2 or 1 not in values.shape:
+        raise FashionError(f"{source}: GT has shape {values.shape}, expected (n, 1)")
+    values = values.reshape(-1)
+    if n_images is not None and len(values) != n_images:
+        raise FashionError(f"{source}: GT has {len(values)} rows, expected {n_images}")
+    k = N_CLASSES.get(attribute)
+    observed = values[~np.isnan(values)]
+    if k is not None and observed.size:
+        bad = observed[(observed < 1) | (observed > k) | (observed != np.round(observed))]
+        if bad.size:
+            raise FashionError(f"{source}: value {bad[0]:g} outside 1..{k}")
+    return values
+
+
+def read_labels(reader: ArchiveReader) -> pd.DataFrame:
+    """All label files of an archive as one table: ``image_id`` plus one column per attribute.
+
+    Files are keyed by name, never by listing order; columns follow `ATTRIBUTES` order, with any
+    unknown attributes after them.
+    """
+    files = {posixpath.basename(m)[: -len("_GT.mat")]: m
+             for m in reader.list("labels") if m.endswith("_GT.mat")}
+    names = [a for a in ATTRIBUTES if a in files] + sorted(set(files) - set(ATTRIBUTES))
+    columns: dict[str, np.ndarray] = {}
+    n_images = None
+    for name in names:
+        values = parse_label_file(reader.read(files[name]), name, n_images)
+        n_images = len(values)
+        columns[name] = values
+    table = pd.DataFrame(columns)
+    table.insert(0, "image_id", np.arange(1, len(table) + 1))
+    return table
+
+
+def image_member(image_id: int) -> str:
+    """Archive path of image ``image_id`` (1-based)."""
+    return f"images/{image_id:06d}.jpg"
+
+
+def load_rgb(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes fully into an 8-bit RGB image; greyscale, CMYK and 16-bit convert.
+
+    Raises
+    ------
+    FashionError
+        If the bytes are not a decodable image (truncated, or not an image at all).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                scale = 255.0 / max(float(array.max()), 1.0)
+                image = Image.fromarray((array * scale).astype(np.uint8), "L")
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FashionError(f"{name}: not a readable image ({exc})") from None
+
+
+# --------------------------------------------------------------------------- download
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
+             timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar, atomically, verifying ``sha256`` if given.
+
+    ``file://`` URLs work too. Nothing is left at ``dest`` when the download fails.
+    """
+    dest = Path(dest)
+    request = urllib.request.Request(url, headers={"User-Agent": "fashiondvc"})
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response, \
+                    open(tmp, "wb") as out:
+                total = response.length
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                          disable=None) as bar:
+                    received = 0
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                if total is not None and received < total:
+                    raise FashionError(f"data.url: {url} ended after {received} of {total} bytes")
+        except urllib.error.HTTPError as exc:
+            raise FashionError(f"data.url: {url} answered HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise FashionError(f"data.url: cannot download {url} ({reason})") from None
+        if sha256:
+            verify_sha256(tmp, sha256, label=url)
+    return dest
+
+
+def verify_sha256(path: str | os.PathLike, expected: str, label: str | None = None) -> str:
+    """Return the file's sha256, raising `FashionError` if it differs from ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise FashionError(
+            f"data.sha256: {label or path} has sha256 {actual}, expected {expected.lower()}"
+        )
+    return actual
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass
+class IngestReport:
+    """What ingest read and wrote."""
+
+    n_images: int
+    n_attributes: int
+    missing: dict[str, int]
+    archive_sha256: str
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def resolve_archive(archive: str | os.PathLike, url: str | None, sha256: str | None) -> Path:
+    """The local archive to ingest: ``archive`` if present, else downloaded there from ``url``."""
+    archive = Path(archive)
+    if archive.exists():
+        return archive
+    if not url:
+        raise FashionError(f"data.archive: {archive} does not exist and data.url is empty")
+    print(f"{archive} not found: downloading {url}")
+    return download(url, archive, sha256)
+
+
+def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
+           sha256: str | None = None, on_corrupt: str = "fail") -> IngestReport:
+    """Validate an archive and write ``labels.csv``, ``images/`` and ``manifest.json``.
+
+    Parameters
+    ----------
+    archive : path
+        The official zip or its extracted folder.
+    out_dir : path
+        Output folder, replaced atomically.
+    sha256 : str, optional
+        Expected sha256 of a zip archive.
+    on_corrupt : {"fail", "skip"}
+        What to do with an unreadable or missing image: stop, or drop it and list it in
+        ``skipped.csv``.
+    """
+    if on_corrupt not in ("fail", "skip"):
+        raise FashionError(f"data.on_corrupt: must be 'fail' or 'skip', got {on_corrupt!r}")
+    archive = Path(archive)
+    if sha256 and archive.is_file():
+        digest = verify_sha256(archive, sha256)
+    else:
+        digest = sha256_file(archive) if archive.is_file() else "folder"
+    with ArchiveReader(archive) as reader, atomic_path(out_dir, is_dir=True) as tmp:
+        table = read_labels(reader)
+        images_dir = tmp / "images"
+        images_dir.mkdir()
+        kept, skipped = [], []
+        for image_id in tqdm(table["image_id"], desc="ingest", unit="img", disable=None):
+            member = image_member(int(image_id))
+            try:
+                data = reader.read(member)
+                load_rgb(data, member)
+            except FashionError as exc:
+                if on_corrupt == "fail":
+                    raise FashionError(f"{exc} (set data.on_corrupt: skip to drop it)") from None
+                skipped.append({"image_id": str(image_id), "reason": str(exc)})
+                continue
+            (images_dir / posixpath.basename(member)).write_bytes(data)
+            kept.append(image_id)
+        table = table[table["image_id"].isin(kept)].reset_index(drop=True)
+        if table.empty:
+            raise FashionError(f"{archive}: no readable images")
+        write_csv(tmp / "labels.csv", table)
+        if skipped:
+            write_csv(tmp / "skipped.csv", pd.DataFrame(skipped))
+        attributes = [c for c in table.columns if c != "image_id"]
+        report = IngestReport(
+            n_images=len(table), n_attributes=len(attributes),
+            missing={a: int(table[a].isna().sum()) for a in attributes},
+            archive_sha256=digest, skipped=skipped,
+        )
+        write_json(tmp / "manifest.json", {
+            "n_images": report.n_images, "n_attributes": report.n_attributes,
+            "n_skipped": len(skipped), "archive_sha256": digest, "missing": report.missing,
+        })
+    return report
+
+
+def read_ingested(folder: str | os.PathLike) -> pd.DataFrame:
+    """The labels table ingest wrote."""
+    path = Path(folder) / "labels.csv"
+    if not path.exists():
+        raise FashionError(f"{path} does not exist: run the ingest stage first")
+    return pd.read_csv(path)
+
+
+def targets_for(table: pd.DataFrame, image_ids: Sequence[int], names: Sequence[str]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """`binary_targets` for a sequence of image ids (augmented copies repeat their photo's)."""
+    by_id = table.set_index("image_id")
+    unknown = set(image_ids) - set(by_id.index)
+    if unknown:
+        raise FashionError(f"labels.csv: no labels for image {min(unknown)}")
+    return binary_targets(by_id.loc[list(image_ids)].reset_index(), names)

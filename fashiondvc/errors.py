@@ -1,0 +1,25 @@
+"""The one exception type user errors raise, and the wrapper that turns it into a clean exit."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class FashionError(Exception):
+    """A user-facing error: bad input, bad parameter, failed download.
+
+    The message is printed as one line, without a traceback, and the process exits non-zero.
+    """
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Call ``main``; on `FashionError` print ``error: <message>`` to stderr and exit 1."""
+    try:
+        main()
+    except FashionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

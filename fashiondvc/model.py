@@ -1,0 +1,184 @@
+"""VGG-16 split into a frozen trunk and a trainable rest, plus the two-layer attribute head.
+
+"The first 12 layers are fixed": we read layers as VGG-16's 13 conv layers, so
+``frozen_convs=12`` freezes conv1_1 .. conv5_2 and trains conv5_3 with the head. (Keras's
+``vgg.layers[:12]``, counting the input and pooling layers, would freeze only 8 convs:
+``frozen_convs=8``.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import VGG16_Weights, vgg16
+
+from fashiondvc.errors import FashionError
+
+N_CONVS = 13
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_INIT_SEED = 0
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+             "M")
+
+
+def conv_positions(features: nn.Sequential) -> list[int]:
+    """Indices of the conv layers inside ``vgg.features``."""
+    return [i for i, layer in enumerate(features) if isinstance(layer, nn.Conv2d)]
+
+
+def frozen_cut(features: nn.Sequential, frozen_convs: int) -> int:
+    """Index in ``features`` where the trainable part starts.
+
+    The frozen part ends after the ReLU of the last frozen conv, and takes a directly following
+    max-pool along: it has no parameters and shrinks the stored features four times.
+    """
+    if not 0 <= frozen_convs <= N_CONVS:
+        raise FashionError(f"model.frozen_convs: must be in 0..{N_CONVS}, got {frozen_convs}")
+    if frozen_convs == 0:
+        return 0
+    cut = conv_positions(features)[frozen_convs - 1] + 2  # past the conv and its ReLU
+    if cut < len(features) and isinstance(features[cut], nn.MaxPool2d):
+        cut += 1
+    return cut
+
+
+def load_vgg16(weights: str) -> nn.Module:
+    """VGG-16 with ``weights``: ``imagenet``, ``random`` or a path to a state_dict file.
+
+    ``imagenet`` goes through torchvision's own download and cache (``$TORCH_HOME``). ``random``
+    is seeded, so the frozen trunk is the same in every stage. A file may hold a full VGG-16
+    state_dict or only its ``features.*`` entries; it is loaded with ``weights_only=True``.
+    """
+    if weights == "imagenet":
+        try:
+            return vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
+        except (OSError, RuntimeError) as exc:
+            raise FashionError(f"model.weights: cannot fetch ImageNet weights ({exc})") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = vgg16(weights=None)
+    if weights == "random":
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise FashionError(
+            f"model.weights: {weights!r} is neither 'imagenet', 'random' nor an existing file"
+        )
+    load_state_file(model, path)
+    return model
+
+
+def load_state_file(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a VGG-16 state_dict file (full or ``features.*`` only) safely into ``model``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle refusals, corrupt zips and bad magic all land here
+        raise FashionError(f"{path}: not a weights-only state_dict ({exc})") from None
+    if not isinstance(state, dict):
+        raise FashionError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    expected = model.state_dict()
+    required = [k for k in expected if k.startswith("features.")]
+    for key in required:
+        if key not in state:
+            raise FashionError(f"{path}: not a VGG-16 state_dict: missing key {key!r}")
+        if tuple(state[key].shape) != tuple(expected[key].shape):
+            raise FashionError(
+                f"{path}: not a VGG-16 state_dict: {key!r} has shape {tuple(state[key].shape)},"
+                f" expected {tuple(expected[key].shape)}"
+            )
+    for key in state:
+        if key not in expected:
+            raise FashionError(f"{path}: not a VGG-16 state_dict: unexpected key {key!r}")
+    model.load_state_dict(state, strict=False)
+
+
+def split_vgg(model: nn.Module, frozen_convs: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """``(frozen, trainable)`` parts of ``model.features``; the frozen part has no gradients."""
+    features = model.features
+    cut = frozen_cut(features, frozen_convs)
+    frozen = nn.Sequential(*features[:cut]).eval()
+    frozen.requires_grad_(False)
+    trainable = nn.Sequential(*features[cut:])
+    return frozen, trainable
+
+
+def feature_shape(frozen_convs: int, image_size: int) -> tuple[int, int, int]:
+    """Shape (C, H, W) the frozen part outputs for ``image_size`` x ``image_size`` inputs."""
+    channels, size, convs = 3, image_size, 0
+    for layer in VGG16_CFG if frozen_convs else ():
+        if layer == "M":
+            size //= 2  # a pool right after the last frozen conv belongs to the trunk too
+            if convs == frozen_convs:
+                break
+        elif convs == frozen_convs:
+            break
+        else:
+            channels, convs = layer, convs + 1
+    return channels, size, size
+
+
+class AttributeNet(nn.Module):
+    """The trainable rest of VGG-16 followed by two dense layers: hidden (ReLU, dropout), logits."""
+
+    def __init__(self, trainable: nn.Sequential, in_shape: tuple[int, int, int], hidden: int,
+                 n_labels: int, dropout: float = 0.5):
+        super().__init__()
+        self.convs = trainable
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, *in_shape)).numel()
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
+                                    nn.Dropout(dropout))
+        self.out = nn.Linear(hidden, n_labels)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's activations: an embedding for similarity search."""
+        return self.hidden(self.convs(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.embed(x))
+
+
+def build_net(weights: str, frozen_convs: int, image_size: int, hidden: int, n_labels: int,
+              dropout: float, seed: int) -> AttributeNet:
+    """The trainable network for features of ``frozen_convs`` at ``image_size``; head seeded."""
+    _, trainable = split_vgg(load_vgg16(weights), frozen_convs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AttributeNet(trainable, feature_shape(frozen_convs, image_size), hidden,
+                            n_labels, dropout)
+
+
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC images -> float NCHW normalised with ImageNet mean and std."""
+    x = batch.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def save_net(net: AttributeNet, path: str | os.PathLike, config: dict) -> None:
+    """Save the trained network's weights with the settings needed to rebuild it."""
+    from fashiondvc.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"config": config, "state_dict": net.state_dict()}, tmp)
+
+
+def load_net(path: str | os.PathLike) -> tuple[AttributeNet, dict]:
+    """Rebuild a network saved by `save_net` (loaded with ``weights_only=True``)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FashionError(f"{path} does not exist: run the train stage first") from None
+    except Exception as exc:
+        raise FashionError(f"{path}: not a fashiondvc model file ({exc})") from None
+    config = saved["config"]
+    _, trainable = split_vgg(vgg16(weights=None), config["frozen_convs"])
+    net = AttributeNet(trainable, feature_shape(config["frozen_convs"], config["image_size"]),
+                       config["hidden"], len(config["labels"]), config["dropout"])
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), config

@@ -1,0 +1,110 @@
+"""Reading and validating ``params.yaml`` before any stage does work."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fashiondvc.dataset import resolve_label_set
+from fashiondvc.errors import FashionError
+from fashiondvc.features import PRECISIONS
+from fashiondvc.model import N_CONVS
+from fashiondvc.train import OPTIMIZERS
+
+WEIGHT_CHOICES = ("imagenet", "random")
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """Read and validate a params file; raise `FashionError` naming the first bad parameter."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FashionError(f"{path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise FashionError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(params, dict):
+        raise FashionError(f"{path}: expected a mapping of parameters")
+    validate(params)
+    return params
+
+
+def _get(params: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = params
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise FashionError(f"{dotted}: missing from params.yaml")
+        value = value[part]
+    return value
+
+
+def _number(params: Mapping[str, Any], dotted: str, *, kind: type = float,
+            low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> float:
+    value = _get(params, dotted)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not isinstance(value, int)):
+        raise FashionError(f"{dotted}: expected {'an integer' if kind is int else 'a number'}, "
+                           f"got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+        raise FashionError(f"{dotted}: must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
+    return value
+
+
+def _choice(params: Mapping[str, Any], dotted: str, choices: tuple[str, ...]) -> str:
+    value = _get(params, dotted)
+    if value not in choices:
+        raise FashionError(f"{dotted}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def validate(params: Mapping[str, Any]) -> None:
+    """Check every parameter the pipeline reads; raise `FashionError` on the first bad one."""
+    resolve_label_set(_get(params, "labels"))
+    _number(params, "k", low=0, low_open=True)
+    _number(params, "lr", low=0, low_open=True)
+    _choice(params, "data.on_corrupt", ("fail", "skip"))
+    _number(params, "augment.copies", kind=int, low=0)
+    _number(params, "augment.image_size", kind=int, low=32)
+    _number(params, "split.test_size", low=0, high=1, low_open=True, high_open=True)
+    if not isinstance(_get(params, "split.group_by_source"), bool):
+        raise FashionError("split.group_by_source: expected true or false")
+    weights = _get(params, "model.weights")
+    if not isinstance(weights, str) or (weights not in WEIGHT_CHOICES
+                                        and not Path(weights).is_file()):
+        raise FashionError(f"model.weights: {weights!r} is neither 'imagenet', 'random' "
+                           "nor an existing state_dict file")
+    _number(params, "model.frozen_convs", kind=int, low=0, high=N_CONVS)
+    _number(params, "model.hidden", kind=int, low=1)
+    _number(params, "model.dropout", low=0, high=1, high_open=True)
+    _choice(params, "featurize.precision", PRECISIONS)
+    _number(params, "featurize.batch_size", kind=int, low=1)
+    _number(params, "featurize.workers", kind=int, low=0)
+    _number(params, "train.epochs", kind=int, low=1)
+    _number(params, "train.batch_size", kind=int, low=1)
+    _choice(params, "train.optimizer", OPTIMIZERS)
+    _number(params, "train.weight_decay", low=0)
+    _choice(params, "train.precision", PRECISIONS)
+    _number(params, "evaluate.threshold", low=0, high=1, low_open=True, high_open=True)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become comma-joined strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat

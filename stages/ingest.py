@@ -1,0 +1,22 @@
+"""Stage ingest: the archive (downloaded if absent) -> labels.csv, images/, manifest.json."""
+
+import sys
+
+from fashiondvc.dataset import ingest, resolve_archive
+from fashiondvc.errors import run_main
+from fashiondvc.params import load_params
+
+
+def main() -> None:
+    out_dir = sys.argv[1]
+    data = load_params()["data"]
+    archive = resolve_archive(data["archive"], data["url"], data["sha256"])
+    report = ingest(archive, out_dir, sha256=data["sha256"], on_corrupt=data["on_corrupt"])
+    print(f"ingest: {report.n_images} images, {report.n_attributes} attributes, "
+          f"{len(report.skipped)} skipped, from {archive}")
+    if not data["sha256"] and archive.is_file():
+        print(f"ingest: to pin this archive, set data.sha256: {report.archive_sha256}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,64 @@
+"""Masked multi-label metrics against scikit-learn on the observed entries."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+from fashiondvc import metrics
+
+NAMES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    y = rng.random((200, 4)) < 0.3
+    probs = np.clip(y * 0.3 + rng.random((200, 4)) * 0.7, 0, 1)
+    mask = rng.random((200, 4)) > 0.15
+    return y, probs, mask
+
+
+def test_micro_and_macro_f1_match_sklearn_on_fully_observed_labels(data):
+    y, probs, _ = data
+    pred = probs >= 0.5
+    summary = metrics.summary(y, probs, None, 0.5)
+    assert summary["f1_micro"] == pytest.approx(f1_score(y, pred, average="micro"))
+    assert summary["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert summary["accuracy_exact"] == pytest.approx((pred == y).all(axis=1).mean())
+
+
+def test_masked_metrics_equal_sklearn_on_observed_entries(data):
+    y, probs, mask = data
+    pred = probs >= 0.5
+    pooled = metrics.micro_f1(y, pred, mask)
+    assert pooled == pytest.approx(f1_score(y[mask], pred[mask]))
+    table = metrics.per_label(y, probs, mask, NAMES, 0.5)
+    for j, row in table.iterrows():
+        m = mask[:, j]
+        assert row["precision"] == pytest.approx(precision_score(y[m, j], pred[m, j]))
+        assert row["recall"] == pytest.approx(recall_score(y[m, j], pred[m, j]))
+        assert row["f1"] == pytest.approx(f1_score(y[m, j], pred[m, j]))
+        assert row["average_precision"] == pytest.approx(
+            average_precision_score(y[m, j], probs[m, j]))
+    summary = metrics.summary(y, probs, mask, 0.5)
+    assert summary["mean_average_precision"] == pytest.approx(table["average_precision"].mean())
+    assert summary["accuracy_labelwise"] == pytest.approx((pred == y)[mask].mean())
+
+
+def test_missing_labels_do_not_count(data):
+    y, probs, mask = data
+    flipped = np.where(mask, y, ~y)  # change only unobserved truth
+    assert metrics.micro_f1(flipped, probs >= 0.5, mask) == metrics.micro_f1(y, probs >= 0.5, mask)
+
+
+def test_keras_accuracy_is_argmax_agreement():
+    y = np.array([[0, 1, 0], [1, 0, 0]])
+    probs = np.array([[0.1, 0.9, 0.2], [0.2, 0.8, 0.1]])
+    assert metrics.keras_accuracy(y, probs) == 0.5
+
+
+def test_pr_curves_have_one_curve_per_attribute(data):
+    y, probs, mask = data
+    curves = metrics.pr_curves(y, probs, mask, NAMES, points=20)
+    assert sorted(curves["attribute"].unique()) == NAMES
+    assert curves.groupby("attribute").size().max() <= 20

@@ -14,6 +14,65 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(photos=args.photos, seed=args.seed)
 
 
+def _search(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from fashiondvc.search import Searcher, default_top, format_text
+
+    photo = Path(args.photo)
+    if not photo.is_file():
+        raise FashionError(f"{photo}: no such file")
+    searcher = Searcher.open(args.index, args.model)
+    result = searcher.query(photo.read_bytes(), str(photo), top=args.top or default_top(),
+                            where=args.where)
+    if args.json:
+        result.pop("embedding")
+        for hit in result["results"]:
+            hit["file"] = str(searcher.index.root / hit["path"])
+        print(json.dumps({"photo": str(photo), **result}, indent=2))
+    else:
+        print(format_text(result, str(photo), searcher.index))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from fashiondvc.web import serve
+
+    serve(args.index, args.model, host=args.host, port=args.port, top=args.top)
+
+
+def _add_search_commands(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="find collection photos similar to a photo")
+    search.add_argument("photo", help="a JPEG or PNG photo")
+    search.add_argument("--top", type=int, default=None,
+                        help="results to show (default: search.top in params.yaml, else 10)")
+    search.add_argument("--where", default=None, metavar="ATTR[,ATTR...]",
+                        help="only photos predicted to have all these attributes")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    serve = commands.add_parser("serve", help="the search page in a local web server")
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--top", type=int, default=None, help="results per query")
+    for command, handler in ((search, _search), (serve, _serve)):
+        command.add_argument("--index", default="data/index", help="default data/index")
+        command.add_argument("--model", default="models/net.pt", help="default models/net.pt")
+        command.set_defaults(handler=handler)
+
+
+def _paper_queue(args: argparse.Namespace) -> None:
+    from fashiondvc.paper import queue
+
+    queue(args.set_param, force=args.force)
+
+
+def _paper_report(args: argparse.Namespace) -> None:
+    from fashiondvc.paper import report
+
+    path = report(".", args.out)
+    print(path.read_text())
+    print(f"wrote {path}, {path.with_suffix('.csv')} and {path.with_suffix('.png')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashiondvc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--photos", type=int, default=120, help="generated photos (default 120)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
+
+    paper = commands.add_parser("paper", help="the paper's table g1..g14 as DVC experiments")
+    paper_commands = paper.add_subparsers(dest="paper_command", required=True)
+    queue = paper_commands.add_parser("queue", help="queue the 14 rows (then: dvc queue start)")
+    queue.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra override for every row, e.g. -S train.epochs=5")
+    queue.add_argument("-f", "--force", action="store_true",
+                       help="replace existing experiments named g1..g14")
+    queue.set_defaults(handler=_paper_queue)
+    report = paper_commands.add_parser("report", help="write reports/paper_table.{md,csv,png}")
+    report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report.set_defaults(handler=_paper_report)
+    _add_search_commands(commands)
     return parser
 
 
@@ -30,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def call() -> None:
-        if getattr(args, "photos", 1) < 4:
+        if getattr(args, "photos", 4) < 4:
             raise FashionError("--photos: need at least 4")
         args.handler(args)
 

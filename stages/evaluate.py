@@ -13,6 +13,7 @@ from fashiondvc.evaluate import evaluate
 from fashiondvc.io import write_csv, write_json
 from fashiondvc.model import load_net
 from fashiondvc.params import flatten, load_params
+from fashiondvc.search import retrieval_metrics
 from fashiondvc.train import load_splits
 
 
@@ -28,7 +29,8 @@ def main() -> None:
                       batch_size=params["train"]["batch_size"], device=params["train"]["device"],
                       precision=params["train"]["precision"])
     manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())
-    headline = {**result.headline, "n_skipped": manifest["n_skipped"]}
+    headline = {**result.headline, **retrieval_metrics(net, data, split_csv),
+                "n_skipped": manifest["n_skipped"]}
     write_json(out / "metrics.json", headline)
     write_csv(out / "per_attribute.csv", result.per_attribute)
     write_csv(out / "pr_curves.csv", result.pr_curves)

@@ -1,0 +1,507 @@
+"""The search engine the paper was built for: index a photo collection, query it by photo.
+
+Every photo of a collection is run through the trained network once. The index keeps, per photo,
+its predicted attribute probabilities and an embedding (the head's hidden layer,
+`AttributeNet.embed`, L2-normalised), so a query is one matrix-vector product: cosine similarity.
+
+An index is a folder of three files, written atomically together:
+
+``index.npz``
+    ``probs`` (n, n_labels) and ``embeddings`` (n, hidden), float32.
+``paths.csv``
+    ``path`` (relative to the collection root, POSIX) and ``sha256`` of each photo, row-aligned.
+``meta.json``
+    ``root`` (the collection folder, relative to the index folder unless given absolute),
+    ``labels``, ``threshold``, ``model_sha256``, ``image_size``, ``n_images``, ``skipped``.
+
+Rebuilding reuses the rows of photos whose bytes are unchanged when the model is the same, so
+adding photos to a collection only featurizes the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fashiondvc.dataset import IMAGE_SUFFIXES, load_rgb
+from fashiondvc.errors import FashionError
+from fashiondvc.io import atomic_path, sha256_file
+
+INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero), as float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+# --------------------------------------------------------------------------- the index
+
+
+@dataclass
+class SearchIndex:
+    """A collection's photos with their predicted attributes and embeddings, row-aligned."""
+
+    root: Path
+    paths: list[str]
+    hashes: list[str]
+    labels: list[str]
+    probs: np.ndarray
+    embeddings: np.ndarray
+    threshold: float = 0.5
+    model_sha256: str = ""
+    image_size: int = 224
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file(self, row: int) -> Path:
+        """The photo of ``row``, guaranteed to lie inside the collection root."""
+        if not 0 <= row < len(self.paths):
+            raise FashionError(f"no photo {row} in the index ({len(self.paths)} photos)")
+        root = self.root.resolve()
+        path = (root / self.paths[row]).resolve()
+        if not path.is_relative_to(root):
+            raise FashionError(f"{self.paths[row]}: outside the collection folder")
+        return path
+
+    def predicted(self, row: int) -> list[str]:
+        """Names of the attributes predicted for ``row`` (probability >= threshold)."""
+        return [n for n, p in zip(self.labels, self.probs[row], strict=True)
+                if p >= self.threshold]
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the index to ``folder``, replacing it atomically."""
+        folder = Path(folder)
+        with atomic_path(folder, is_dir=True) as tmp:
+            np.savez(tmp / INDEX_FILE, probs=self.probs.astype(np.float32),
+                     embeddings=self.embeddings.astype(np.float32))
+            pd.DataFrame({"path": self.paths, "sha256": self.hashes}).to_csv(
+                tmp / PATHS_FILE, index=False)
+            root = self.root if self.root.is_absolute() else Path(
+                os.path.relpath(self.root.resolve(), folder.resolve()))
+            (tmp / META_FILE).write_text(json.dumps({
+                "root": root.as_posix(), "labels": self.labels, "threshold": self.threshold,
+                "model_sha256": self.model_sha256, "image_size": self.image_size,
+                "n_images": len(self), "skipped": self.skipped}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> SearchIndex:
+        """Read an index written by `save`."""
+        folder = Path(folder)
+        if not (folder / META_FILE).exists():
+            raise FashionError(f"{folder} holds no search index: run `dvc repro index` first")
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            arrays = np.load(folder / INDEX_FILE)
+            table = pd.read_csv(folder / PATHS_FILE, dtype=str, keep_default_na=False)
+            probs, embeddings = arrays["probs"], arrays["embeddings"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise FashionError(f"{folder}: unreadable search index ({exc})") from None
+        if not len(probs) == len(embeddings) == len(table) == meta["n_images"]:
+            raise FashionError(f"{folder}: index files disagree on the number of photos")
+        root = Path(meta["root"])
+        return cls(root=root if root.is_absolute() else Path(os.path.normpath(folder / root)),
+                   paths=table["path"].tolist(), hashes=table["sha256"].tolist(),
+                   labels=list(meta["labels"]), probs=probs, embeddings=embeddings,
+                   threshold=float(meta["threshold"]), model_sha256=meta["model_sha256"],
+                   image_size=int(meta["image_size"]), skipped=list(meta.get("skipped", [])))
+
+
+def collection_files(folder: str | os.PathLike) -> list[Path]:
+    """JPEG and PNG files under ``folder`` (recursively, hidden ones left out), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FashionError(f"search.images: {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise FashionError(f"search.images: no .jpg, .jpeg or .png files in {folder}")
+    return files
+
+
+# --------------------------------------------------------------------------- featurizing
+
+
+class Featurizer:
+    """The training preprocessing and network, for new photos.
+
+    ``load_rgb`` -> ``resize(image, image_size)`` -> ``normalize`` -> frozen trunk -> network:
+    returns attribute probabilities and L2-normalised embeddings.
+    """
+
+    def __init__(self, net, config: dict, frozen=None):
+        from fashiondvc.model import load_vgg16, split_vgg
+
+        self.net, self.config = net.eval(), config
+        self.labels = list(config["labels"])
+        self.image_size = int(config["image_size"])
+        if frozen is None:
+            frozen, _ = split_vgg(load_vgg16(config["weights"]), config["frozen_convs"])
+        self.frozen = frozen.eval()
+
+    @classmethod
+    def from_file(cls, model_path: str | os.PathLike) -> Featurizer:
+        """Load a network saved by the train stage (``models/net.pt``)."""
+        from fashiondvc.model import load_net
+
+        net, config = load_net(model_path)
+        return cls(net, config)
+
+    def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, embeddings)`` of RGB images, shapes (n, n_labels) and (n, hidden)."""
+        import torch
+
+        from fashiondvc.augment import resize
+        from fashiondvc.model import normalize
+
+        arrays = [np.asarray(resize(image, self.image_size)) for image in images]
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(np.stack(arrays)))
+            embedded = self.net.embed(self.frozen(x))
+            probs = torch.sigmoid(self.net.out(embedded))
+        return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
+
+    def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, embedding)`` of one encoded photo; `FashionError` if it is not an image."""
+        probs, embeddings = self.images([load_rgb(data, name)])
+        return probs[0], embeddings[0]
+
+
+def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
+                out_dir: str | os.PathLike, *, threshold: float = 0.5, batch_size: int = 16,
+                featurizer: Featurizer | None = None) -> tuple[SearchIndex, dict[str, int]]:
+    """Index every photo under ``images_dir`` into ``out_dir``.
+
+    Rows of an existing index at ``out_dir`` built with the same model are reused for photos
+    whose bytes did not change. Unreadable images are skipped and listed in ``meta.json``.
+
+    Returns
+    -------
+    index : SearchIndex
+    counts : dict
+        ``computed``, ``reused`` and ``skipped`` photo counts.
+    """
+    if batch_size < 1:
+        raise FashionError(f"batch_size: must be >= 1, got {batch_size}")
+    images_dir = Path(images_dir)
+    files = collection_files(images_dir)
+    model_sha = sha256_file(model_path)
+    featurizer = featurizer or Featurizer.from_file(model_path)
+    cache = _previous_rows(out_dir, model_sha, featurizer.labels)
+    paths, hashes, probs, embeddings, skipped = [], [], [], [], []
+    pending: list[tuple[int, Image.Image]] = []
+    counts = {"computed": 0, "reused": 0, "skipped": 0}
+
+    def flush() -> None:
+        p, e = featurizer.images([image for _, image in pending])
+        for (slot, _), row_p, row_e in zip(pending, p, e, strict=True):
+            probs[slot], embeddings[slot] = row_p, row_e
+        counts["computed"] += len(pending)
+        pending.clear()
+
+    for path in _progress(files):
+        data = path.read_bytes()
+        digest = _sha256(data)
+        relative = path.relative_to(images_dir).as_posix()
+        if digest in cache:
+            row_p, row_e = cache[digest]
+            counts["reused"] += 1
+        else:
+            try:
+                image = load_rgb(data, str(path))
+            except FashionError as exc:
+                print(f"index: skipping {exc}")
+                skipped.append(relative)
+                continue
+            pending.append((len(paths), image))
+            row_p = row_e = None
+        paths.append(relative)
+        hashes.append(digest)
+        probs.append(row_p)
+        embeddings.append(row_e)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    counts["skipped"] = len(skipped)
+    if not paths:
+        raise FashionError(f"search.images: no readable photos in {images_dir}")
+    hidden = featurizer.net.out.in_features
+    index = SearchIndex(
+        root=images_dir, paths=paths, hashes=hashes, labels=featurizer.labels,
+        probs=np.stack(probs).reshape(len(paths), len(featurizer.labels)),
+        embeddings=np.stack(embeddings).reshape(len(paths), hidden), threshold=threshold,
+        model_sha256=model_sha, image_size=featurizer.image_size, skipped=skipped)
+    index.save(out_dir)
+    return index, counts
+
+
+def _previous_rows(folder: str | os.PathLike, model_sha: str,
+                   labels: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``sha256 -> (probs, embedding)`` from an existing index of the same model, else empty."""
+    try:
+        old = SearchIndex.load(folder)
+    except (FashionError, OSError, ValueError, KeyError, TypeError):
+        return {}
+    if old.model_sha256 != model_sha or old.labels != labels:
+        return {}
+    return {h: (old.probs[i], old.embeddings[i]) for i, h in enumerate(old.hashes)}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _progress(items: list) -> Iterable:
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="index", unit="photo", disable=None)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    row: int
+    path: str
+    score: float
+    attributes: list[str]
+
+
+def parse_where(where: str | Iterable[str] | None, labels: Sequence[str]) -> list[str]:
+    """Attribute names from ``"red,pattern_floral"`` (or a list); `FashionError` if unknown."""
+    if where is None:
+        return []
+    items = where.split(",") if isinstance(where, str) else list(where)
+    names = [name.strip() for name in items if name.strip()]
+    for name in names:
+        if name not in labels:
+            raise FashionError(f"--where: unknown attribute {name!r} "
+                               f"(this index knows: {', '.join(labels)})")
+    return list(dict.fromkeys(names))
+
+
+def rank(index: SearchIndex, embedding: np.ndarray, *, top: int = 10,
+         where: Sequence[str] = (), exclude: Iterable[int] = ()) -> list[Hit]:
+    """The ``top`` photos most similar to ``embedding`` (cosine), best first.
+
+    Parameters
+    ----------
+    where : sequence of str
+        Keep only photos whose predicted attributes include all of these.
+    exclude : iterable of int
+        Rows to leave out (e.g. the query itself when it is in the collection).
+    """
+    if top < 1:
+        raise FashionError(f"--top: must be >= 1, got {top}")
+    embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if embedding.shape[0] != index.embeddings.shape[1]:
+        raise FashionError(f"query embedding has {embedding.shape[0]} values, the index "
+                           f"{index.embeddings.shape[1]}")
+    scores = index.embeddings @ l2_normalize(embedding)
+    keep = np.ones(len(index), dtype=bool)
+    if where:
+        columns = [index.labels.index(name) for name in where]
+        keep &= (index.probs[:, columns] >= index.threshold).all(axis=1)
+    keep[[r for r in exclude if 0 <= r < len(index)]] = False
+    candidates = np.flatnonzero(keep)
+    if len(candidates) > top:
+        best = np.argpartition(-scores[candidates], top - 1)[:top]
+        candidates = candidates[best]
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    return [Hit(int(r), index.paths[r], float(scores[r]), index.predicted(int(r))) for r in order]
+
+
+def rows_with_hash(index: SearchIndex, digest: str) -> list[int]:
+    """Rows holding a photo with these exact bytes (so a query does not find itself)."""
+    return [i for i, h in enumerate(index.hashes) if h == digest]
+
+
+class Searcher:
+    """A loaded index and the network that built it, answering photo queries."""
+
+    def __init__(self, index: SearchIndex, featurizer: Featurizer):
+        if index.labels != featurizer.labels:
+            raise FashionError("the index and the model predict different attributes: "
+                               "rebuild the index (dvc repro index)")
+        self.index, self.featurizer = index, featurizer
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike, model_path: str | os.PathLike) -> Searcher:
+        """Load ``index_dir`` and ``model_path``, checking the index was built by that model."""
+        index = SearchIndex.load(index_dir)
+        if not Path(model_path).exists():
+            raise FashionError(f"{model_path} does not exist: run the train stage first")
+        if sha256_file(model_path) != index.model_sha256:
+            raise FashionError(f"{index_dir} was built with another model than {model_path}: "
+                               "rebuild it with `dvc repro index`")
+        return cls(index, Featurizer.from_file(model_path))
+
+    def query(self, data: bytes, name: str, *, top: int = 10,
+              where: str | Iterable[str] | None = None) -> dict:
+        """Attributes of the photo ``data`` and its most similar collection photos, as a dict.
+
+        Collection photos with the very same bytes are left out of the results.
+        """
+        names = parse_where(where, self.index.labels)
+        probs, embedding = self.featurizer.photo(data, name)
+        exclude = rows_with_hash(self.index, _sha256(data))
+        return self.result(probs, embedding, exclude, top=top, where=names)
+
+    def query_row(self, row: int, *, top: int = 10,
+                  where: str | Iterable[str] | None = None) -> dict:
+        """Like `query`, for a photo already in the collection (leaving it out of the results)."""
+        names = parse_where(where, self.index.labels)
+        self.index.file(row)  # range check
+        return self.result(self.index.probs[row], self.index.embeddings[row], [row], top=top,
+                           where=names)
+
+    def similar(self, embedding: Sequence[float], *, top: int = 10,
+                where: str | Iterable[str] | None = None,
+                exclude: Iterable[int] = ()) -> list[dict]:
+        """Results for an embedding returned by an earlier query (e.g. with other filters)."""
+        names = parse_where(where, self.index.labels)
+        try:
+            vector = np.asarray(embedding, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise FashionError("embedding: expected a list of numbers") from None
+        if vector.ndim != 1 or not np.isfinite(vector).all():
+            raise FashionError("embedding: expected a list of finite numbers")
+        hits = rank(self.index, vector, top=top, where=names, exclude=[int(r) for r in exclude])
+        return [_hit_dict(h) for h in hits]
+
+    def result(self, probs: np.ndarray, embedding: np.ndarray, exclude: list[int], *, top: int,
+               where: list[str]) -> dict:
+        """The answer to a query: attributes (most likely first), filters and results."""
+        hits = rank(self.index, embedding, top=top, where=where, exclude=exclude)
+        order = np.argsort(-probs, kind="stable")
+        return {
+            "threshold": self.index.threshold,
+            "attributes": [{"name": self.index.labels[i], "probability": float(probs[i]),
+                            "predicted": bool(probs[i] >= self.index.threshold)}
+                           for i in order],
+            "where": where,
+            "exclude": exclude,
+            "embedding": [float(v) for v in embedding],
+            "results": [_hit_dict(h) for h in hits],
+        }
+
+
+def _hit_dict(hit: Hit) -> dict:
+    return {"row": hit.row, "path": hit.path, "score": hit.score, "attributes": hit.attributes}
+
+
+def default_top(params_path: str | os.PathLike = "params.yaml") -> int:
+    """``search.top`` from ``params_path`` when it is readable, else 10."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load(Path(params_path).read_text()) or {}).get("search", {})["top"]
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return 10
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 10
+
+
+def format_text(result: dict, photo: str, index: SearchIndex) -> str:
+    """The human-readable answer `fashiondvc search` prints."""
+    predicted = [a for a in result["attributes"] if a["predicted"]]
+    lines = [f"{photo}: predicted attributes (threshold {result['threshold']:g})"
+             + ("" if predicted else ": none; the most likely are")]
+    for item in predicted or result["attributes"][:3]:
+        bar = "#" * round(item["probability"] * 20)
+        lines.append(f"  {item['name']:18s} {item['probability']:5.2f} {bar}")
+    where = f", with {' + '.join(result['where'])}" if result["where"] else ""
+    lines.append(f"\nMost similar of {len(index)} photos in {index.root}{where} (cosine):")
+    if not result["results"]:
+        lines.append("  no photo matches the filters")
+    for n, hit in enumerate(result["results"], 1):
+        lines.append(f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
+                     f"{', '.join(hit['attributes']) or '-'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- retrieval metric
+
+
+def precision_at_k(query_embeddings: np.ndarray, query_positive: np.ndarray,
+                   collection_embeddings: np.ndarray, collection_positive: np.ndarray,
+                   k: int = 10) -> float:
+    """Mean precision@k of attribute agreement, retrieving by cosine similarity.
+
+    For a query q with observed positive labels ``P(q)`` (a set of attribute names) and a
+    retrieved photo r with observed positive labels ``P(r)``, the relevance of r is
+    ``|P(q) & P(r)| / |P(q)|``: the share of the query's attributes that r also has (a missing
+    label of r counts as not shared). Precision@k of q is the mean relevance of its top
+    ``min(k, n_collection)`` results; the metric is its mean over the queries with at least one
+    observed positive label (NaN when there are none).
+
+    Parameters
+    ----------
+    query_embeddings, collection_embeddings : ndarray, shapes (n_q, d) and (n_c, d)
+    query_positive, collection_positive : ndarray of bool, shapes (n_q, L) and (n_c, L)
+        True where a label is observed and positive.
+    """
+    query_positive = np.asarray(query_positive, dtype=bool)
+    collection_positive = np.asarray(collection_positive, dtype=bool)
+    sizes = query_positive.sum(axis=1)
+    valid = sizes > 0
+    if not valid.any() or len(collection_embeddings) == 0:
+        return float("nan")
+    k = min(k, len(collection_embeddings))
+    scores = l2_normalize(query_embeddings[valid]) @ l2_normalize(collection_embeddings).T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    shared = (query_positive[valid][:, None, :] & collection_positive[top]).sum(axis=2)
+    return float((shared / sizes[valid][:, None]).mean())
+
+
+def embed_rows(net, features: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """L2-normalised `AttributeNet.embed` of stored frozen-trunk features ``features[rows]``."""
+    import torch
+
+    device = next(net.parameters()).device
+    net.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]],
+                                            dtype=np.float32))
+            chunks.append(net.embed(x.to(device)).float().cpu().numpy())
+    return l2_normalize(np.concatenate(chunks)) if chunks else np.zeros((0, 0), np.float32)
+
+
+def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10,
+                      batch_size: int = 64) -> dict[str, float]:
+    """``{"retrieval_p10": ...}``: `precision_at_k` of test copy-0 images against train ones.
+
+    Queries are the test photos' copy-0 images (the resized originals), the collection the
+    training photos' copy-0 images, both embedded from the stored features; relevance uses the
+    ground-truth labels of ``data`` (a `fashiondvc.train.Splits`). Empty if undefined.
+    """
+    split = pd.read_csv(split_csv).sort_values("index")
+    originals = (split["copy"] == 0).to_numpy()
+    queries = np.intersect1d(data.test_rows, np.flatnonzero(originals))
+    collection = np.intersect1d(data.train_rows, np.flatnonzero(originals))
+    if len(queries) == 0 or len(collection) == 0:
+        return {}
+    positive = (data.targets > 0.5) & data.mask.astype(bool)
+    value = precision_at_k(embed_rows(net, data.features, queries, batch_size), positive[queries],
+                           embed_rows(net, data.features, collection, batch_size),
+                           positive[collection], k)
+    return {} if np.isnan(value) else {f"retrieval_p{k}": value}

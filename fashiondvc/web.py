@@ -1,0 +1,162 @@
+"""``fashiondvc serve``: the search engine as a small local web page (Flask).
+
+Routes
+------
+``GET /``
+    The page (``templates/search.html``).
+``POST /api/query``
+    Multipart ``photo`` (JPEG or PNG, at most `MAX_UPLOAD_BYTES`), optional ``where`` and
+    ``top``: the photo's attributes and its most similar collection photos (`Searcher.query`).
+``GET /api/photo/<row>``
+    The same for a collection photo, which is left out of its own results.
+``POST /api/similar``
+    JSON ``{embedding, where, top, exclude}`` from an earlier answer: new results, e.g. filtered.
+``GET /api/collection``
+    A few collection rows to pick from (``n``, ``seed``).
+``GET /photos/<row>``
+    A collection photo, by row number only: paths never come from the client.
+
+User errors answer JSON ``{"error": message}`` with a 4xx status, never a server error.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from flask import Flask, jsonify, render_template, request, send_file
+from werkzeug.exceptions import HTTPException
+
+from fashiondvc.dataset import IMAGE_SUFFIXES
+from fashiondvc.errors import FashionError
+from fashiondvc.search import Searcher, default_top
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_TOP = 100
+#: Leading bytes of the accepted formats.
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def _error(status: int, message: str):
+    return jsonify({"error": message}), status
+
+
+def _int(value: object, default: int, name: str = "top", low: int = 1,
+         high: int = MAX_TOP) -> int:
+    """A whole number from a form, query or JSON field; `FashionError` when out of range."""
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool):
+        value = repr(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise FashionError(f"{name}: expected a whole number, got {value!r}") from None
+    if not low <= number <= high:
+        raise FashionError(f"{name}: must be in {low}..{high}, got {number}")
+    return number
+
+
+def create_app(searcher: Searcher, *, top: int = 10,
+               max_upload: int = MAX_UPLOAD_BYTES) -> Flask:
+    """The web app over ``searcher``; ``top`` results per query by default."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload
+    index = searcher.index
+    lock = threading.Lock()  # one network forward pass at a time: CPU threads are shared
+    max_mb = f"{max_upload / 2 ** 20:g} MB"
+
+    @app.errorhandler(FashionError)
+    def user_error(exc: FashionError):
+        return _error(400, str(exc))
+
+    @app.errorhandler(413)
+    def too_large(exc: HTTPException):
+        return _error(413, f"the upload is larger than {max_mb}: choose a smaller photo")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.get("/")
+    def page():
+        return render_template("search.html", labels=index.labels, n_photos=len(index),
+                               top=top, max_upload=max_upload, max_mb=max_mb,
+                               suffixes=",".join(IMAGE_SUFFIXES))
+
+    @app.post("/api/query")
+    def query_upload():
+        upload = request.files.get("photo")
+        if upload is None or not upload.filename:
+            return _error(400, "choose a photo to upload")
+        if Path(upload.filename).suffix.lower() not in IMAGE_SUFFIXES:
+            return _error(415, f"{upload.filename}: only JPEG and PNG photos are accepted")
+        data = upload.read(max_upload + 1)
+        if len(data) > max_upload:
+            return _error(413, f"the upload is larger than {max_mb}: choose a smaller photo")
+        if not data.startswith(MAGIC):
+            return _error(415, f"{upload.filename}: not a JPEG or PNG image")
+        n = _int(request.form.get("top"), top)
+        with lock:
+            result = searcher.query(data, upload.filename, top=n, where=request.form.get("where"))
+        return jsonify(result)
+
+    @app.get("/api/photo/<int:row>")
+    def query_row(row: int):
+        if not 0 <= row < len(index):
+            return _error(404, f"no photo {row} in the collection")
+        return jsonify(searcher.query_row(row, top=_int(request.args.get("top"), top),
+                                          where=request.args.get("where")))
+
+    @app.post("/api/similar")
+    def similar():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("embedding"), list):
+            return _error(400, "expected JSON with an 'embedding' list")
+        exclude = body.get("exclude") or []
+        if not isinstance(exclude, list) or not all(isinstance(r, int) for r in exclude):
+            return _error(400, "exclude: expected a list of row numbers")
+        results = searcher.similar(body["embedding"], top=_int(body.get("top"), top),
+                                   where=body.get("where") or [], exclude=exclude)
+        return jsonify({"where": body.get("where") or [], "results": results})
+
+    @app.get("/api/collection")
+    def collection():
+        n = _int(request.args.get("n"), 12, "n")
+        seed = _int(request.args.get("seed"), 0, "seed", 0, 2 ** 31)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(index), size=min(n, len(index)), replace=False))
+        return jsonify({"rows": [int(r) for r in rows], "n_photos": len(index)})
+
+    @app.get("/photos/<int:row>")
+    def photo(row: int):
+        if not 0 <= row < len(index):
+            return _error(404, f"no photo {row} in the collection")
+        path = index.file(row)
+        if not path.is_file():
+            return _error(404, f"photo {row} is no longer in the collection folder")
+        return send_file(path, max_age=3600)
+
+    return app
+
+
+def serve(index_dir: str | os.PathLike = "data/index", model_path: str | os.PathLike =
+          "models/net.pt", *, host: str = "127.0.0.1", port: int = 8000,
+          top: int | None = None) -> None:
+    """Load the index and model, then serve the page until interrupted."""
+    from werkzeug.serving import run_simple
+
+    if not 0 <= port <= 65535:
+        raise FashionError(f"--port: must be in 0..65535, got {port}")
+    searcher = Searcher.open(index_dir, model_path)
+    app = create_app(searcher, top=_int(top, default_top(), "--top"))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach it can query the collection")
+    print(f"fashiondvc search: {len(searcher.index)} photos; open http://{host}:{port}/ "
+          "(Ctrl-C stops)")
+    try:
+        run_simple(host, port, app, threaded=True)
+    except OSError as exc:
+        raise FashionError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None

@@ -1,0 +1,165 @@
+"""The paper's experiment table (g1..g14): queue its rows as DVC experiments, report ours beside it.
+
+The table ships as ``paper_table.csv`` in the package. Its "y dimension" 11 maps to the label set
+``colors11`` and 20 to ``attrs20``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from fashiondvc.errors import FashionError
+from fashiondvc.io import atomic_path, write_csv
+
+LABEL_SET_FOR_Y = {11: "colors11", 20: "attrs20"}
+#: (paper column, our metrics.json key)
+COMPARED = (
+    ("f1_train_test", "f1_train_test"),
+    ("train_loss", "train_loss"),
+    ("test_loss", "test_loss"),
+    ("test_accuracy", "accuracy_keras"),
+)
+DUPLICATE_NOTE = ("g13 and g14 have identical settings (20 labels, k = 10, lr = 1e-7) but "
+                  "different results in the paper (F1 0.44 vs 0.43, test loss 15.03 vs 33.65, "
+                  "accuracy 0.34 vs 0.07): the paper's runs were not reproducible.")
+
+
+def paper_table() -> pd.DataFrame:
+    """The paper's 14 rows: row, y_dim, k, lr and its reported metrics."""
+    with resources.files("fashiondvc").joinpath("paper_table.csv").open() as handle:
+        table = pd.read_csv(handle)
+    table["labels"] = table["y_dim"].map(LABEL_SET_FOR_Y)
+    return table
+
+
+def queue_commands(overrides: Sequence[str] = (), force: bool = False) -> list[list[str]]:
+    """``dvc exp run --queue`` commands for the 14 rows, with extra ``-S key=value`` overrides."""
+    commands = []
+    for row in paper_table().itertuples():
+        command = ["dvc", "exp", "run", "--queue", "-n", row.row,
+                   "-S", f"labels={row.labels}", "-S", f"k={row.k:g}", "-S", f"lr={row.lr:g}"]
+        for override in overrides:
+            if "=" not in override:
+                raise FashionError(f"-S {override}: expected key=value")
+            command += ["-S", override]
+        if force:
+            command.append("--force")
+        commands.append(command)
+    return commands
+
+
+def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".") -> None:
+    """Queue the 14 rows; the user then runs ``dvc queue start``."""
+    for command in queue_commands(overrides, force):
+        print(" ".join(command), flush=True)
+        done = subprocess.run(command, cwd=cwd)
+        if done.returncode != 0:
+            raise FashionError(f"queueing {command[5]} failed (exit {done.returncode})")
+    print("queued 14 experiments: run `dvc queue start` (`-j 2` for two at a time), then "
+          "`fashiondvc paper report`")
+
+
+def finished_experiments(repo: str | os.PathLike = ".") -> pd.DataFrame:
+    """Metrics and table knobs of every finished experiment, one row per experiment name."""
+    import dvc.api
+
+    rows = [row for row in dvc.api.exp_show(repo=str(repo))
+            if row.get("Experiment") and row.get("typ") != "baseline"
+            and row.get("State") in (None, "Success") and row.get("f1_micro") is not None]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["Experiment"])
+    return frame.drop_duplicates("Experiment", keep="first").set_index("Experiment")
+
+
+def compare(results: pd.DataFrame) -> pd.DataFrame:
+    """The paper's rows with our numbers beside them (NaN where a row has not run)."""
+    table = paper_table()
+    out = table[["row", "y_dim", "k", "lr", "labels"]].copy()
+    ran = table["row"].isin(results.index)
+    out["status"] = ran.map({True: "done", False: "not run yet"})
+    for paper_column, ours in COMPARED:
+        out[f"paper_{paper_column}"] = table[paper_column]
+        values = results[ours] if ours in results.columns else pd.Series(dtype=float)
+        out[f"ours_{ours}"] = table["row"].map(values).astype(float)
+    for extra in ("f1_micro", "accuracy_labelwise", "map"):
+        values = results[extra] if extra in results.columns else pd.Series(dtype=float)
+        out[f"ours_{extra}"] = table["row"].map(values).astype(float)
+    return out
+
+
+def to_markdown(comparison: pd.DataFrame) -> str:
+    """The comparison as a Markdown table with the notes a reader needs."""
+    header = ("| row | y | k | lr | F1 (train+test) paper / ours | train loss paper / ours | "
+              "test loss paper / ours | test acc. paper / ours (Keras-style) | "
+              "test F1 ours | test mAP ours |")
+    lines = [header, "|" + "---|" * 10]
+
+    def pair(paper: float, ours: float, digits: int = 2) -> str:
+        ours_text = "not run yet" if pd.isna(ours) else f"{ours:.{digits}f}"
+        return f"{paper:.{digits}f} / {ours_text}"
+
+    def ours_only(value: float) -> str:
+        return "" if pd.isna(value) else f"{value:.3f}"
+
+    for r in comparison.itertuples():
+        lines.append(
+            f"| {r.row} | {r.y_dim} | {r.k:g} | {r.lr:g} | "
+            f"{pair(r.paper_f1_train_test, r.ours_f1_train_test)} | "
+            f"{pair(r.paper_train_loss, r.ours_train_loss)} | "
+            f"{pair(r.paper_test_loss, r.ours_test_loss)} | "
+            f"{pair(r.paper_test_accuracy, r.ours_accuracy_keras)} | "
+            f"{ours_only(r.ours_f1_micro)} | {ours_only(r.ours_map)} |")
+    done = int((comparison["status"] == "done").sum())
+    notes = [
+        f"{done} of {len(comparison)} rows have finished experiments.",
+        "F1 (train+test) is the micro F1 over train and test images together (the paper's "
+        "column); losses are the weighted BCE summed over labels and averaged over images.",
+        "The paper's test accuracy is most likely Keras's `categorical_accuracy` (argmax of "
+        "truth equals argmax of prediction); ours in that column is computed the same way.",
+        DUPLICATE_NOTE,
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+
+
+def plot(comparison: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Bar chart of F1 (train+test) and test accuracy, paper vs ours, per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(comparison))
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for ax, paper_column, ours, title in (
+            (axes[0], "paper_f1_train_test", "ours_f1_train_test", "F1 (train+test)"),
+            (axes[1], "paper_test_accuracy", "ours_accuracy_keras", "Test accuracy")):
+        ax.bar(x - 0.2, comparison[paper_column], 0.4, label="paper")
+        ax.bar(x + 0.2, comparison[ours].fillna(0), 0.4, label="ours")
+        for i in np.flatnonzero(comparison[ours].isna()):
+            ax.text(x[i] + 0.2, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
+        ax.set(ylabel=title, ylim=(0, 1))
+        ax.legend(loc="upper right")
+    axes[1].set_xticks(x, comparison["row"])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports") -> Path:
+    """Write ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    comparison = compare(finished_experiments(repo))
+    write_csv(out_dir / "paper_table.csv", comparison)
+    with atomic_path(out_dir / "paper_table.md") as tmp:
+        tmp.write_text("# The paper's table, reproduced\n\n" + to_markdown(comparison))
+    plot(comparison, out_dir / "paper_table.png")
+    return out_dir / "paper_table.md"

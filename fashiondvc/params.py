@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from fashiondvc.dataset import resolve_label_set
 from fashiondvc.errors import FashionError
@@ -22,10 +22,12 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     """Read and validate a params file; raise `FashionError` naming the first bad parameter."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        # YAML 1.2, like DVC itself: `dvc exp run -S lr=1e-7` writes `lr: 1e-07`, which is a
+        # float in YAML 1.2 but a string to YAML 1.1 parsers such as PyYAML.
+        params = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise FashionError(f"{path} does not exist") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise FashionError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(params, dict):
         raise FashionError(f"{path}: expected a mapping of parameters")

@@ -6,8 +6,8 @@ Runs only when asked (``pytest -m realdata``) and when ../shared/data holds the 
 import json
 
 import pytest
-
 from conftest import REAL_ARCHIVE, run, set_params
+
 from fashiondvc.dataset import COLOURS, ingest, read_ingested
 
 pytestmark = [

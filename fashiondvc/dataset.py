@@ -7,6 +7,7 @@ i + 1. Values are 1..K; NaN means the annotators disagreed, so the label is *mis
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import posixpath
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.io
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from fashiondvc.errors import FashionError
@@ -54,6 +55,8 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
 }
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: Largest archive member read into memory (real images are under 1 MB, labels under 50 kB).
+MAX_MEMBER_BYTES = 256 * 2**20
 
 
 def resolve_label_set(labels: str | Sequence[str]) -> list[str]:
@@ -74,6 +77,9 @@ def resolve_label_set(labels: str | Sequence[str]) -> list[str]:
         if labels in LABEL_SETS:
             return list(LABEL_SETS[labels])
         labels = [labels]
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(n, str) for n in labels):
+        raise FashionError(f"labels: expected a set name or a list of attribute names, "
+                           f"got {labels!r}")
     names = list(labels)
     if not names:
         raise FashionError("labels: the label set is empty")
@@ -150,9 +156,14 @@ class ArchiveReader:
             raise FashionError(f"{self.source}: missing member {member}")
         if self._zip is None:
             return (self.source / name).read_bytes()
+        size = self._zip.getinfo(name).file_size
+        if size > MAX_MEMBER_BYTES:
+            raise FashionError(f"{self.source}: {name} unpacks to {size} bytes, more than "
+                               f"{MAX_MEMBER_BYTES}")
         try:
             return self._zip.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError,
+                NotImplementedError) as exc:  # RuntimeError: encrypted member
             raise FashionError(f"{self.source}: cannot read {name} ({exc})") from None
 
     def close(self) -> None:
@@ -203,7 +214,10 @@ def parse_label_file(data: bytes, attribute: str, n_images: int | None = None) -
         raise FashionError(f"{source}: not a readable MATLAB file ({exc})") from None
     if "GT" not in content:
         raise FashionError(f"{source}: no variable 'GT'")
-    values = np.asarray(content["GT"], dtype=np.float64)
+    try:
+        values = np.asarray(content["GT"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FashionError(f"{source}: GT is not numeric") from None
     if values.ndim != 2 or 1 not in values.shape:
         raise FashionError(f"{source}: GT has shape {values.shape}, expected (n, 1)")
     values = values.reshape(-1)
@@ -222,17 +236,19 @@ def read_labels(reader: ArchiveReader) -> pd.DataFrame:
     """All label files of an archive as one table: ``image_id`` plus one column per attribute.
 
     Files are keyed by name, never by listing order; columns follow `ATTRIBUTES` order, with any
-    unknown attributes after them.
+    unknown attributes after them. All files must have as many rows as most of them do; the
+    first file that differs is named.
     """
     files = {posixpath.basename(m)[: -len("_GT.mat")]: m
              for m in reader.list("labels") if m.endswith("_GT.mat")}
     names = [a for a in ATTRIBUTES if a in files] + sorted(set(files) - set(ATTRIBUTES))
-    columns: dict[str, np.ndarray] = {}
-    n_images = None
-    for name in names:
-        values = parse_label_file(reader.read(files[name]), name, n_images)
-        n_images = len(values)
-        columns[name] = values
+    columns = {name: parse_label_file(reader.read(files[name]), name) for name in names}
+    lengths = [len(values) for values in columns.values()]
+    n_images = max(lengths, key=lengths.count)  # the most common length; ties: the first
+    for name, values in columns.items():
+        if len(values) != n_images:
+            raise FashionError(f"labels/{name}_GT.mat: GT has {len(values)} rows, "
+                               f"but the other label files have {n_images}")
     table = pd.DataFrame(columns)
     table.insert(0, "image_id", np.arange(1, len(table) + 1))
     return table
@@ -244,22 +260,30 @@ def image_member(image_id: int) -> str:
 
 
 def load_rgb(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully into an 8-bit RGB image; greyscale, CMYK and 16-bit convert.
+    """Decode image bytes fully into an 8-bit RGB image, upright.
+
+    Greyscale, palette, CMYK and alpha images convert to RGB; 16-bit greyscale maps 0..65535 to
+    0..255 (32-bit integer images are read as 16-bit values); an EXIF orientation is applied, as
+    photo viewers do.
 
     Raises
     ------
     FashionError
-        If the bytes are not a decodable image (truncated, or not an image at all).
+        If the bytes are not a decodable image (truncated, not an image at all, or so large
+        that Pillow refuses it as a decompression bomb).
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(image, dtype=np.float64)
-                scale = 255.0 / max(float(array.max()), 1.0)
-                image = Image.fromarray((array * scale).astype(np.uint8), "L")
+                image = Image.fromarray(np.clip(np.round(array / 257), 0, 255).astype(np.uint8),
+                                        "L")
+            else:
+                image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:
         raise FashionError(f"{name}: not a readable image ({exc})") from None
 
 
@@ -278,7 +302,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response, \
                     open(tmp, "wb") as out:
-                total = response.length
+                length = response.headers.get("Content-Length")  # file:// sets it too
+                total = int(length) if length and length.isdigit() else None
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
                           disable=None) as bar:
                     received = 0
@@ -290,8 +315,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
                     raise FashionError(f"data.url: {url} ended after {received} of {total} bytes")
         except urllib.error.HTTPError as exc:
             raise FashionError(f"data.url: {url} answered HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or repr(exc)
             raise FashionError(f"data.url: cannot download {url} ({reason})") from None
         if sha256:
             verify_sha256(tmp, sha256, label=url)
@@ -352,6 +377,9 @@ def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
     if on_corrupt not in ("fail", "skip"):
         raise FashionError(f"data.on_corrupt: must be 'fail' or 'skip', got {on_corrupt!r}")
     archive = Path(archive)
+    if sha256 and archive.is_dir():
+        raise FashionError(f"data.sha256: is set, but data.archive {archive} is a folder "
+                           "(only a zip file can be pinned; set data.sha256: null)")
     if sha256 and archive.is_file():
         digest = verify_sha256(archive, sha256)
     else:
@@ -377,8 +405,8 @@ def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
         if table.empty:
             raise FashionError(f"{archive}: no readable images")
         write_csv(tmp / "labels.csv", table)
-        if skipped:
-            write_csv(tmp / "skipped.csv", pd.DataFrame(skipped))
+        if on_corrupt == "skip":  # written even when empty, so the report is always there
+            write_csv(tmp / "skipped.csv", pd.DataFrame(skipped, columns=["image_id", "reason"]))
         attributes = [c for c in table.columns if c != "image_id"]
         report = IngestReport(
             n_images=len(table), n_attributes=len(attributes),

@@ -22,16 +22,19 @@ from fashiondvc.io import atomic_path
 from fashiondvc.model import normalize
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to `torch.device`."""
+def resolve_device(device: str, param: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to `torch.device`.
+
+    ``param`` names the parameter in error messages.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise FashionError(f"train.device: {exc}") from None
+    except (RuntimeError, TypeError) as exc:
+        raise FashionError(f"{param}: {exc}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FashionError(f"train.device: {device!r} requested but CUDA is not available")
+        raise FashionError(f"{param}: {device!r} requested but CUDA is not available")
     return resolved
 
 
@@ -141,7 +144,7 @@ def featurize(store, frozen: nn.Module, out_path: str | os.PathLike, *,
     streamed to a temporary file that is renamed at the end: peak memory is a few batches,
     whatever the dataset. ``frozen`` is moved and cast in place (see `prepare_trunk`).
     """
-    target = resolve_device(device)
+    target = resolve_device(device, "featurize.device")
     dtype = compute_dtype(target, precision)
     frozen = prepare_trunk(frozen, target, dtype)
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,

@@ -3,35 +3,90 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: Marks a temporary sibling: ``.<name>.tmp-<host>-<pid>-<random>``.
+TMP_MARK = ".tmp-"
+
+
+def _owner_tag() -> str:
+    """``<host hash>-<pid>``: who owns a temporary sibling, so stale ones can be recognised."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.tmp-*`` siblings of ``path`` left by killed writers on this host.
+
+    A sibling is stale when the process named in it no longer exists; live writers' siblings,
+    other hosts' siblings and names in another format are left alone. Returns what was removed.
+    """
+    path = Path(path)
+    host = _owner_tag().split("-")[0]
+    removed = []
+    for sibling in path.parent.glob(f".{glob.escape(path.name)}{TMP_MARK}*"):
+        owner = sibling.name[len(path.name) + 1 + len(TMP_MARK):].split("-")
+        if len(owner) < 3 or owner[0] != host or not owner[1].isdigit():
+            continue
+        if _pid_alive(int(owner[1])):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; move it onto ``path`` only if the block succeeds.
 
-    A killed or failed writer leaves at most a ``.tmp-*`` sibling, never a half-written ``path``.
+    A killed or failed writer leaves at most a ``.tmp-*`` sibling, never a half-written ``path``;
+    siblings left by writers that were killed are removed by the next write to ``path``. An
+    existing folder at ``path`` is renamed away before the new one is renamed in, so ``path`` is
+    at every moment either the complete old output, absent, or the complete new output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_tmp(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TMP_MARK}{_owner_tag()}-",
+                                dir=path.parent))
     target = tmp if is_dir else tmp / path.name
+    old = None
     try:
         yield target
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
+        replacing = path.exists() or path.is_symlink()
+        if replacing and (is_dir or (path.is_dir() and not path.is_symlink())):
+            old = Path(f"{tmp}-old")  # rename away first: os.replace cannot overwrite a folder
+            os.replace(path, old)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 
+from fashiondvc.choices import N_CONVS
 from fashiondvc.errors import FashionError
 
-N_CONVS = 13
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
@@ -72,28 +72,69 @@ def load_vgg16(weights: str) -> nn.Module:
     return model
 
 
-def load_state_file(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a VGG-16 state_dict file (full or ``features.*`` only) safely into ``model``."""
+def vgg16_shapes() -> dict[str, tuple[int, ...]]:
+    """Every key of a torchvision VGG-16 state_dict with its shape (built on the meta device)."""
+    with torch.device("meta"):
+        model = vgg16(weights=None)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def read_weights(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)``, memory-mapped where the file format allows.
+
+    Only tensors and plain containers are unpickled: a file that would run code is refused.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy (non-zip) files cannot be memory-mapped; their refusals repeat
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle refusals, corrupt zips and bad magic all land here
-        raise FashionError(f"{path}: not a weights-only state_dict ({exc})") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FashionError(f"{path}: not a weights-only state_dict, refused to load it "
+                           f"({first_line})") from None
+
+
+def check_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a VGG-16 state_dict file (full or ``features.*`` only) safely and check it.
+
+    Returns
+    -------
+    dict
+        The state_dict (memory-mapped where possible).
+
+    Raises
+    ------
+    FashionError
+        If the file is not a weights-only state_dict, or naming the first key that does not
+        match VGG-16: missing, not a tensor, of another shape, or unexpected.
+    """
+    state = read_weights(path)
     if not isinstance(state, dict):
         raise FashionError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    expected = model.state_dict()
-    required = [k for k in expected if k.startswith("features.")]
-    for key in required:
+    prefix = f"{path}: not a VGG-16 state_dict:"
+    expected = vgg16_shapes()
+    for key, shape in expected.items():
         if key not in state:
-            raise FashionError(f"{path}: not a VGG-16 state_dict: missing key {key!r}")
-        if tuple(state[key].shape) != tuple(expected[key].shape):
-            raise FashionError(
-                f"{path}: not a VGG-16 state_dict: {key!r} has shape {tuple(state[key].shape)},"
-                f" expected {tuple(expected[key].shape)}"
-            )
+            if key.startswith("features."):
+                raise FashionError(f"{prefix} missing key {key!r}")
+            continue
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            raise FashionError(f"{prefix} {key!r} is a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != shape:
+            raise FashionError(f"{prefix} {key!r} has shape {tuple(value.shape)}, "
+                               f"expected {shape}")
     for key in state:
         if key not in expected:
-            raise FashionError(f"{path}: not a VGG-16 state_dict: unexpected key {key!r}")
-    model.load_state_dict(state, strict=False)
+            raise FashionError(f"{prefix} unexpected key {key!r}")
+    return state
+
+
+def load_state_file(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a VGG-16 state_dict file (full or ``features.*`` only) safely into ``model``."""
+    model.load_state_dict(check_state_file(path), strict=False)
 
 
 def split_vgg(model: nn.Module, frozen_convs: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -176,9 +217,17 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, dict]:
         raise FashionError(f"{path} does not exist: run the train stage first") from None
     except Exception as exc:
         raise FashionError(f"{path}: not a fashiondvc model file ({exc})") from None
+    keys = ("frozen_convs", "image_size", "hidden", "labels", "dropout")
+    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
+            and isinstance(saved.get("state_dict"), dict)
+            and all(key in saved["config"] for key in keys)):
+        raise FashionError(f"{path}: not a fashiondvc model file (no config and state_dict)")
     config = saved["config"]
     _, trainable = split_vgg(vgg16(weights=None), config["frozen_convs"])
     net = AttributeNet(trainable, feature_shape(config["frozen_convs"], config["image_size"]),
                        config["hidden"], len(config["labels"]), config["dropout"])
-    net.load_state_dict(saved["state_dict"])
+    try:
+        net.load_state_dict(saved["state_dict"])
+    except RuntimeError as exc:
+        raise FashionError(f"{path}: weights do not match its config ({exc})") from None
     return net.eval(), config

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
+from fashiondvc.choices import N_CONVS, OPTIMIZERS, PRECISIONS, WEIGHT_CHOICES
 from fashiondvc.dataset import resolve_label_set
 from fashiondvc.errors import FashionError
-from fashiondvc.features import PRECISIONS
-from fashiondvc.model import N_CONVS
-from fashiondvc.train import OPTIMIZERS
 
-WEIGHT_CHOICES = ("imagenet", "random")
+__all__ = ["WEIGHT_CHOICES", "flatten", "load_params", "validate"]
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
@@ -52,6 +52,8 @@ def _number(params: Mapping[str, Any], dotted: str, *, kind: type = float,
             kind is int and not isinstance(value, int)):
         raise FashionError(f"{dotted}: expected {'an integer' if kind is int else 'a number'}, "
                            f"got {value!r}")
+    if not math.isfinite(value):
+        raise FashionError(f"{dotted}: must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
@@ -68,32 +70,59 @@ def _choice(params: Mapping[str, Any], dotted: str, choices: tuple[str, ...]) ->
     return value
 
 
+def _string(params: Mapping[str, Any], dotted: str, *, optional: bool = False) -> str | None:
+    value = _get(params, dotted)
+    if (value is None and optional) or (isinstance(value, str) and value):
+        return value
+    raise FashionError(f"{dotted}: expected a non-empty string{' or null' if optional else ''}, "
+                       f"got {value!r}")
+
+
 def validate(params: Mapping[str, Any]) -> None:
-    """Check every parameter the pipeline reads; raise `FashionError` on the first bad one."""
+    """Check every parameter the pipeline reads; raise `FashionError` on the first bad one.
+
+    A ``model.weights`` file is opened (memory-mapped, weights only) and checked key by key
+    against VGG-16, so a wrong file stops the pipeline before any stage does work.
+    """
     resolve_label_set(_get(params, "labels"))
     _number(params, "k", low=0, low_open=True)
     _number(params, "lr", low=0, low_open=True)
+    _string(params, "data.archive")
+    _string(params, "data.url", optional=True)
+    sha256 = _string(params, "data.sha256", optional=True)
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise FashionError(f"data.sha256: expected 64 hex digits or null, got {sha256!r}")
     _choice(params, "data.on_corrupt", ("fail", "skip"))
     _number(params, "augment.copies", kind=int, low=0)
     _number(params, "augment.image_size", kind=int, low=32)
+    _number(params, "augment.seed", kind=int, low=0)
+    _number(params, "augment.workers", kind=int, low=0)
     _number(params, "split.test_size", low=0, high=1, low_open=True, high_open=True)
     if not isinstance(_get(params, "split.group_by_source"), bool):
         raise FashionError("split.group_by_source: expected true or false")
+    _number(params, "split.seed", kind=int, low=0)
     weights = _get(params, "model.weights")
     if not isinstance(weights, str) or (weights not in WEIGHT_CHOICES
                                         and not Path(weights).is_file()):
         raise FashionError(f"model.weights: {weights!r} is neither 'imagenet', 'random' "
                            "nor an existing state_dict file")
+    if weights not in WEIGHT_CHOICES:
+        from fashiondvc.model import check_state_file  # torch: only for a weights file
+
+        check_state_file(weights)
     _number(params, "model.frozen_convs", kind=int, low=0, high=N_CONVS)
     _number(params, "model.hidden", kind=int, low=1)
     _number(params, "model.dropout", low=0, high=1, high_open=True)
     _choice(params, "featurize.precision", PRECISIONS)
     _number(params, "featurize.batch_size", kind=int, low=1)
     _number(params, "featurize.workers", kind=int, low=0)
+    _string(params, "featurize.device")
     _number(params, "train.epochs", kind=int, low=1)
     _number(params, "train.batch_size", kind=int, low=1)
     _choice(params, "train.optimizer", OPTIMIZERS)
     _number(params, "train.weight_decay", low=0)
+    _number(params, "train.seed", kind=int, low=0)
+    _string(params, "train.device")
     _choice(params, "train.precision", PRECISIONS)
     _number(params, "evaluate.threshold", low=0, high=1, low_open=True, high_open=True)
 

@@ -142,11 +142,19 @@ class TrainConfig:
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer over ``net``'s trainable parameters (call after moving ``net``).
+
+    Adam is the fused single-kernel version on CPU and CUDA: the default one makes about ten
+    passes over the 6.4M weights of the first dense layer per step and took half the step time
+    on a 2-core CPU (see bench/).
+    """
     params = [p for p in net.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9,
                                weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                            fused=fused or None)
 
 
 def loader(dataset: FeatureSet, batch_size: int, *, shuffle: bool, seed: int,

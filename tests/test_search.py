@@ -1,0 +1,208 @@
+"""The search engine: index building (and reuse), ranking, filters, the CLI and the DVC stage."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import run, set_params
+from PIL import Image
+from searchkit import LABELS, N_PHOTOS, make_collection, save_tiny_net
+
+from fashiondvc.augment import resize
+from fashiondvc.cli import main
+from fashiondvc.dataset import load_rgb
+from fashiondvc.errors import FashionError
+from fashiondvc.model import normalize
+from fashiondvc.search import (
+    Searcher,
+    SearchIndex,
+    build_index,
+    parse_where,
+    precision_at_k,
+    rank,
+)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return make_collection(tmp_path_factory.mktemp("search"), split_label="red")
+
+
+@pytest.fixture(scope="module")
+def searcher(collection):
+    return Searcher.open(collection.index_dir, collection.model)
+
+
+def png_bytes(path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_index_holds_every_photo_with_unit_embeddings(collection):
+    index = collection.index
+    assert len(index) == N_PHOTOS
+    assert index.paths == [f"{i:06d}.jpg" for i in range(1, N_PHOTOS + 1)]
+    assert index.probs.shape == (N_PHOTOS, len(LABELS))
+    assert ((index.probs > 0) & (index.probs < 1)).all()
+    assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1, atol=1e-5)
+    assert index.file(0) == (collection.images / "000001.jpg").resolve()
+    for name in ("index.npz", "paths.csv", "meta.json"):
+        assert (collection.index_dir / name).exists()
+    assert not list(collection.index_dir.parent.glob(".index.tmp-*"))
+
+
+def test_photos_go_through_the_training_preprocessing(collection, searcher):
+    path = collection.images / "000005.jpg"
+    featurizer = searcher.featurizer
+    image = resize(load_rgb(path.read_bytes(), "x"), 32)
+    with torch.inference_mode():
+        x = normalize(torch.from_numpy(np.array(image))[None])
+        hidden = featurizer.net.embed(featurizer.frozen(x))
+        probs = torch.sigmoid(featurizer.net.out(hidden))[0].numpy()
+    expected = hidden[0].numpy() / np.linalg.norm(hidden[0].numpy())
+    assert np.allclose(collection.index.embeddings[4], expected, atol=1e-5)
+    assert np.allclose(collection.index.probs[4], probs, atol=1e-5)
+
+
+def test_rank_matches_brute_force_cosine(collection):
+    index = collection.index
+    query = np.random.default_rng(0).normal(size=index.embeddings.shape[1])
+    hits = rank(index, query, top=5)
+    scores = index.embeddings @ (query / np.linalg.norm(query))
+    assert [h.row for h in hits] == list(np.argsort(-scores)[:5])
+    assert [h.score for h in hits] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-5)
+    assert len(rank(index, query, top=100)) == N_PHOTOS
+
+
+def test_query_finds_the_same_photo_first_and_skips_identical_bytes(collection, searcher):
+    photo = collection.images / "000007.jpg"
+    as_png = searcher.query(png_bytes(photo), "q.png", top=3)
+    assert as_png["results"][0]["path"] == "000007.jpg"
+    assert as_png["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    same_bytes = searcher.query(photo.read_bytes(), "q.jpg", top=N_PHOTOS)
+    assert same_bytes["exclude"] == [6]
+    assert "000007.jpg" not in [r["path"] for r in same_bytes["results"]]
+    assert len(same_bytes["results"]) == N_PHOTOS - 1
+    by_row = searcher.query_row(6, top=3)
+    assert [r["row"] for r in by_row["results"]] == [r["row"] for r in same_bytes["results"][:3]]
+
+
+def test_where_keeps_only_photos_with_every_attribute(collection, searcher):
+    index = collection.index
+    has_red = set(np.flatnonzero(index.probs[:, LABELS.index("red")] >= index.threshold))
+    assert 0 < len(has_red) < N_PHOTOS
+    result = searcher.query_row(0, top=N_PHOTOS, where="red")
+    assert {r["row"] for r in result["results"]} == has_red - {0}
+    assert all("red" in r["attributes"] for r in result["results"])
+    both = searcher.similar(result["embedding"], top=N_PHOTOS, where=["red", "blue"])
+    assert all({"red", "blue"} <= set(r["attributes"]) for r in both)
+
+
+def test_unknown_where_names_are_a_clear_error(collection):
+    assert parse_where(" red, ,blue,red", LABELS) == ["red", "blue"]
+    with pytest.raises(FashionError, match="unknown attribute 'pattern_floral'"):
+        parse_where("red,pattern_floral", LABELS)
+
+
+def test_rebuild_reuses_unchanged_photos_and_skips_unreadable_ones(collection, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(collection.images, photos)
+    first, counts = build_index(collection.model, photos, tmp_path / "index")
+    assert counts == {"computed": N_PHOTOS, "reused": 0, "skipped": 0}
+    (photos / "new").mkdir()
+    Image.new("RGB", (40, 60), (200, 30, 30)).save(photos / "new" / "red.PNG")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    (photos / "notes.txt").write_text("ignored")
+    second, counts = build_index(collection.model, photos, tmp_path / "index")
+    assert counts == {"computed": 1, "reused": N_PHOTOS, "skipped": 1}
+    assert second.paths[-1] == "new/red.PNG" and second.skipped == ["broken.jpg"]
+    assert np.array_equal(second.embeddings[:N_PHOTOS], first.embeddings)
+    other_model = save_tiny_net(tmp_path / "other.pt", seed=1)
+    _, counts = build_index(other_model, photos, tmp_path / "index")
+    assert counts["computed"] == N_PHOTOS + 1
+
+
+def test_index_errors_are_one_line(collection, tmp_path):
+    with pytest.raises(FashionError, match="not a folder"):
+        build_index(collection.model, tmp_path / "missing", tmp_path / "index")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FashionError, match="no .jpg"):
+        build_index(collection.model, tmp_path / "empty", tmp_path / "index")
+    with pytest.raises(FashionError, match="dvc repro index"):
+        SearchIndex.load(tmp_path / "nothing")
+    other = save_tiny_net(tmp_path / "other.pt", seed=1)
+    with pytest.raises(FashionError, match="another model"):
+        Searcher.open(collection.index_dir, other)
+
+
+def test_index_paths_never_leave_the_collection(collection, tmp_path):
+    index_dir = tmp_path / "index"
+    shutil.copytree(collection.index_dir, index_dir)
+    paths = index_dir / "paths.csv"
+    paths.write_text(paths.read_text().replace("000001.jpg", "../../../etc/passwd", 1))
+    index = SearchIndex.load(index_dir)
+    with pytest.raises(FashionError, match="outside the collection"):
+        index.file(0)
+    with pytest.raises(FashionError, match="no photo"):
+        index.file(N_PHOTOS)
+
+
+def test_precision_at_k_by_hand():
+    query = np.array([[1.0, 0.0], [0.0, 1.0]])
+    positive_q = np.array([[True, True], [False, False]])  # the second query has no positives
+    collection = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    positive_c = np.array([[True, True], [True, False], [True, True]])
+    assert precision_at_k(query, positive_q, collection, positive_c, k=2) == pytest.approx(0.75)
+    assert precision_at_k(query, positive_q, collection, positive_c, k=10) == pytest.approx(
+        (1 + 0.5 + 1) / 3)
+    assert np.isnan(precision_at_k(query, positive_q[[1]], collection, positive_c, k=2))
+
+
+def test_cli_search_prints_attributes_and_results(collection, capsys):
+    photo = str(collection.images / "000003.jpg")
+    common = ["--index", str(collection.index_dir), "--model", str(collection.model)]
+    main(["search", photo, "--top", "4", "--json", "--where", "red", *common])
+    answer = json.loads(capsys.readouterr().out)
+    assert [a["name"] for a in answer["attributes"]][:1] and len(answer["attributes"]) == 11
+    assert 0 < len(answer["results"]) <= 4
+    assert all("red" in r["attributes"] for r in answer["results"])
+    assert all(r["file"].endswith(r["path"]) for r in answer["results"])
+    main(["search", photo, "--top", "2", *common])
+    text = capsys.readouterr().out
+    assert "predicted attributes" in text and "Most similar of 24 photos" in text
+    assert len([line for line in text.splitlines() if ".jpg" in line and "  0." in line]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", photo, "--where", "red,sparkly", *common])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: --where: unknown attribute 'sparkly'")
+    assert len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_index_stage_retrieval_metric_and_cli_in_a_dvc_repo(pipeline_repo, monkeypatch, capsys):
+    first = run(["dvc", "repro"], pipeline_repo)
+    assert "Running stage 'index'" in first.stdout
+    metrics = json.loads((pipeline_repo / "metrics" / "metrics.json").read_text())
+    assert 0 <= metrics["retrieval_p10"] <= 1
+    index = SearchIndex.load(pipeline_repo / "data" / "index")
+    assert len(index) == 24
+    assert index.root.resolve() == (pipeline_repo / "data" / "ingested" / "images").resolve()
+    monkeypatch.chdir(pipeline_repo)  # the CLI's defaults: data/index, models/net.pt, params.yaml
+    main(["search", "data/ingested/images/000002.jpg", "--json"])
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["results"]) == 10  # search.top in params.yaml
+    assert "000002.jpg" not in [r["path"] for r in answer["results"]]
+
+    photos = pipeline_repo / "photos"
+    shutil.copytree(pipeline_repo / "data" / "ingested" / "images", photos)
+    Image.new("RGB", (50, 80), (30, 60, 200)).save(photos / "blue.png")
+    set_params(pipeline_repo / "params.yaml", {"search.images": "photos"})
+    second = run(["dvc", "repro"], pipeline_repo)
+    assert "Running stage 'index'" in second.stdout and "Running stage 'train'" not in second.stdout
+    assert "1 featurized, 24 reused" in second.stdout
+    assert len(SearchIndex.load(pipeline_repo / "data" / "index")) == 25

@@ -1,0 +1,174 @@
+"""``fashiondvc serve``: the HTTP API (Flask's test client), then the page in headless Chromium."""
+
+import io
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from searchkit import LABELS, make_collection
+from werkzeug.serving import make_server
+
+from fashiondvc.search import Searcher
+from fashiondvc.web import create_app
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TOP = 5
+MAX_UPLOAD = 100_000
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return make_collection(tmp_path_factory.mktemp("web"), split_label="red")
+
+
+@pytest.fixture(scope="module")
+def app(collection):
+    searcher = Searcher.open(collection.index_dir, collection.model)
+    return create_app(searcher, top=TOP, max_upload=MAX_UPLOAD)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(client, data: bytes, name: str, **form):
+    return client.post("/api/query", data={"photo": (io.BytesIO(data), name), **form},
+                       content_type="multipart/form-data")
+
+
+def test_page_lists_every_attribute_as_a_chip(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for name in LABELS:
+        assert f'data-name="{name}"' in html
+    assert "24 photos" in html
+
+
+def test_upload_answers_attributes_and_similar_photos(client, collection):
+    answer = upload(client, (collection.images / "000004.jpg").read_bytes(), "me.jpg",
+                    where="red")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert sorted(a["name"] for a in body["attributes"]) == sorted(LABELS)
+    assert 0 < len(body["results"]) <= TOP and body["exclude"] == [3]
+    assert all("red" in r["attributes"] for r in body["results"])
+    again = client.post("/api/similar", json={"embedding": body["embedding"], "where": [],
+                                              "exclude": body["exclude"], "top": 3})
+    assert again.status_code == 200 and len(again.get_json()["results"]) == 3
+
+
+@pytest.mark.parametrize(("data", "name", "status", "message"), [
+    (b"hello", "notes.txt", 415, "only JPEG and PNG"),
+    (b"<html>not a photo</html>", "fake.jpg", 415, "not a JPEG or PNG image"),
+    (b"\xff\xd8\xff\xe0 truncated", "cut.jpg", 400, "not a readable image"),
+    (b"\xff\xd8\xff" + bytes(MAX_UPLOAD), "huge.jpg", 413, "larger than"),
+])
+def test_bad_uploads_get_a_clear_4xx(client, data, name, status, message):
+    answer = upload(client, data, name)
+    assert answer.status_code == status
+    assert message in answer.get_json()["error"]
+
+
+def test_bad_requests_are_4xx_with_a_message(client):
+    assert client.post("/api/query", data={}).status_code == 400
+    unknown = client.get("/api/photo/1?where=red,sparkly")
+    assert unknown.status_code == 400 and "sparkly" in unknown.get_json()["error"]
+    assert client.get("/api/photo/1?top=0").status_code == 400
+    assert client.get("/api/photo/99").status_code == 404
+    assert client.post("/api/similar", data="nope").status_code == 400
+    short = client.post("/api/similar", json={"embedding": [1.0, 2.0]})
+    assert short.status_code == 400 and "embedding" in short.get_json()["error"]
+
+
+def test_collection_files_are_served_by_row_only(client, collection):
+    photo = client.get("/photos/0")
+    assert photo.status_code == 200
+    assert photo.data == (collection.images / "000001.jpg").read_bytes()
+    for url in ("/photos/24", "/photos/-1", "/photos/../../etc/passwd",
+                "/photos/%2e%2e%2fnet.pt", "/photos/0/../../net.pt"):
+        answer = client.get(url)
+        assert answer.status_code == 404, url
+        assert answer.data != (collection.model).read_bytes()
+    rows = client.get("/api/collection?n=6&seed=2").get_json()["rows"]
+    assert len(set(rows)) == 6 and all(0 <= r < 24 for r in rows)
+
+
+# --------------------------------------------------------------------------- the page in Chromium
+
+
+@pytest.fixture(scope="module")
+def live_url(app):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (see .ci/install-browser)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_the_page_in_a_browser(browser, live_url, collection, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live_url)
+    page.wait_for_selector("#picks img")
+    assert page.locator(".chip").count() == len(LABELS)
+
+    page.set_input_files("#photo-input", str(collection.images / "000004.jpg"))
+    page.wait_for_selector("#results .card")
+    assert page.locator("#bars .bar").count() == len(LABELS)
+    widths = page.eval_on_selector_all("#bars .fill", "els => els.map(e => e.style.width)")
+    assert all(w.endswith("%") for w in widths) and len(set(widths)) > 1
+    assert page.locator("#results .card").count() == TOP
+    assert page.eval_on_selector_all(
+        "#results .card img", "els => els.every(e => e.complete && e.naturalWidth > 0)")
+
+    page.click('.chip[data-name="red"]')
+    page.wait_for_function("document.querySelector('#status').textContent.includes('red')")
+    assert "active" in page.get_attribute('.chip[data-name="red"]', "class")
+    tags = page.locator("#results .card .tags").all_inner_texts()
+    index = collection.index
+    n_red = int((index.probs[:, LABELS.index("red")] >= index.threshold).sum())
+    assert len(tags) == min(TOP, n_red - ("red" in index.predicted(3)))
+    assert all("red" in t.split(", ") for t in tags)
+    page.click('.chip[data-name="red"]')
+    page.wait_for_function("!document.querySelector('#status').textContent.includes('red')")
+
+    page.click("#results .card >> nth=0")
+    page.wait_for_function("document.querySelector('#query-image').src.includes('/photos/')")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    page.set_input_files("#photo-input", str(notes))
+    page.wait_for_selector("#message.error")
+    assert "only JPEG and PNG" in page.inner_text("#message")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + bytes(MAX_UPLOAD))
+    page.set_input_files("#photo-input", str(big))
+    page.wait_for_function("document.querySelector('#message').textContent.includes('larger')")
+    # the server refuses it too when the page's own check is bypassed
+    status = page.evaluate("""async () => {
+        const form = new FormData();
+        form.append("photo", new Blob([new Uint8Array(300000)]), "big.jpg");
+        const r = await fetch("/api/query", {method: "POST", body: form});
+        return [r.status, (await r.json()).error];
+    }""")
+    assert status[0] == 413 and "larger than" in status[1]
+    assert errors == []

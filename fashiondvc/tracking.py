@@ -76,7 +76,8 @@ def log_pipeline_run(params: Mapping[str, Any], history: list[dict],
     params : mapping
         Flattened ``params.yaml``.
     history : list of dict
-        Per-epoch rows (``epoch`` plus metric columns), logged as step metrics.
+        Per-epoch rows (``epoch`` plus metric columns), logged as step metrics named
+        ``epoch_<column>``.
     metrics : mapping
         Final metrics.
     artifacts : iterable of paths
@@ -118,7 +119,9 @@ def _log(params, history, metrics, artifacts, tags) -> str:
                        "create run")
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    entries = [Metric(key, float(value), now, int(row["epoch"]))
+    # per-epoch curves get an "epoch_" prefix: the final train/test losses are measured
+    # differently (eval mode, whole set) and must not land on the same curve
+    entries = [Metric(f"epoch_{key}", float(value), now, int(row["epoch"]))
                for row in history for key, value in row.items() if key != "epoch"]
     entries += [Metric(key, float(value), now, 0) for key, value in metrics.items()]
     param_entries = [Param(key, str(value)) for key, value in params.items()]

@@ -14,10 +14,14 @@ class FashionError(Exception):
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Call ``main``; on `FashionError` print ``error: <message>`` to stderr and exit 1."""
+    """Call ``main``; on a user error print ``error: <message>`` to stderr and exit 1.
+
+    User errors are `FashionError` and `OSError` (a missing input, a full disk, no permission:
+    its message names the file). Anything else is a bug and keeps its traceback.
+    """
     try:
         main()
-    except FashionError as exc:
+    except (FashionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

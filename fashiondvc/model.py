@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -84,16 +86,15 @@ def read_weights(path: str | os.PathLike) -> object:
 
     Only tensors and plain containers are unpickled: a file that would run code is refused.
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) files cannot be memory-mapped; their refusals repeat
-        pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle refusals, corrupt zips and bad magic all land here
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FashionError(f"{path}: not a weights-only state_dict, refused to load it "
-                           f"({first_line})") from None
+    with warnings.catch_warnings():  # e.g. "pickle protocol 4": noise beside the refusal
+        warnings.simplefilter("ignore")
+        with contextlib.suppress(Exception):  # legacy (non-zip) files cannot be mmap-ed
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle refusals, corrupt zips and bad magic all land here
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    raise FashionError(f"{path}: not a weights-only state_dict, refused to load it ({reason})")
 
 
 def check_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -109,7 +109,10 @@ def validate(params: Mapping[str, Any]) -> None:
     if weights not in WEIGHT_CHOICES:
         from fashiondvc.model import check_state_file  # torch: only for a weights file
 
-        check_state_file(weights)
+        try:
+            check_state_file(weights)
+        except FashionError as exc:
+            raise FashionError(f"model.weights: {exc}") from None
     _number(params, "model.frozen_convs", kind=int, low=0, high=N_CONVS)
     _number(params, "model.hidden", kind=int, low=1)
     _number(params, "model.dropout", low=0, high=1, high_open=True)

@@ -6,10 +6,12 @@ epoch, the loss written out, a checkpoint after every epoch so a killed run resu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import mmap
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,8 +223,10 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     """Train ``net`` for ``config.epochs``; return one history row per epoch.
 
     Each row holds ``epoch``, ``train_loss``, ``test_loss`` and ``test_f1`` (micro F1 at
-    ``config.threshold``). With ``checkpoint``, the model, optimizer and history are saved after
-    every epoch, and a run started with an existing checkpoint continues from it.
+    ``config.threshold``). With ``checkpoint``, the model, optimizer, random state and history
+    are saved after every epoch (before ``on_epoch`` is called), and a run started with an
+    existing checkpoint continues from it, ending bit-identical to an uninterrupted run. A
+    checkpoint that cannot be used is ignored with a warning and training starts over.
     """
     config.validate()
     device = resolve_device(config.device)
@@ -231,12 +235,17 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     optimizer = make_optimizer(net, config)
     history: list[dict] = []
     if checkpoint and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = json.loads(state["history"])
-        torch.set_rng_state(state["rng"])
-        print(f"resuming from {checkpoint} after epoch {len(history)}")
+        initial = copy.deepcopy(net.state_dict())
+        try:
+            history = resume(checkpoint, net, optimizer, device, config.epochs)
+            print(f"resuming from {checkpoint} after epoch {len(history)}")
+        except Exception as exc:  # corrupt, or from another version of the code
+            print(f"warning: cannot resume from {checkpoint} ({type(exc).__name__}: {exc}); "
+                  "training from the start", file=sys.stderr)
+            net.load_state_dict(initial)
+            optimizer = make_optimizer(net, config)
+            torch.manual_seed(config.seed)
+            history = []
     test_loader = loader(test_set, config.batch_size, shuffle=False, seed=config.seed)
     for epoch in range(len(history) + 1, config.epochs + 1):
         train_loader = loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
@@ -251,19 +260,46 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
         history.append(row)
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()))
+        if checkpoint:
+            save_checkpoint(checkpoint, net, optimizer, history, device)
         if on_epoch:
             on_epoch(row)
-        if checkpoint:
-            save_checkpoint(checkpoint, net, optimizer, history)
     return history
 
 
 def save_checkpoint(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optimizer,
-                    history: list[dict]) -> None:
-    """Save everything `fit` needs to resume, atomically."""
+                    history: list[dict], device: torch.device | None = None) -> None:
+    """Save everything `fit` needs to resume, atomically (CPU and, on CUDA, GPU random state)."""
+    state = {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+             "history": json.dumps(history), "rng": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "history": json.dumps(history), "rng": torch.get_rng_state()}, tmp)
+        torch.save(state, tmp)
+
+
+def resume(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optimizer,
+           device: torch.device, epochs: int) -> list[dict]:
+    """Restore ``net``, ``optimizer`` and the random state from a checkpoint; return its history.
+
+    Loaded with ``weights_only=True`` onto the CPU (random states must stay there); raises if
+    the checkpoint does not fit ``net`` or holds more than ``epochs`` epochs.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    history = json.loads(state["history"])
+    if not isinstance(history, list) or len(history) > epochs:
+        raise ValueError(f"history of {len(history)} epochs, expected at most {epochs}")
+    expected = net.state_dict()
+    mismatched = [key for key in expected if key not in state["net"]
+                  or state["net"][key].shape != expected[key].shape]
+    if mismatched or set(state["net"]) - set(expected):
+        raise ValueError(f"weights do not fit the network (first: {mismatched[:1]})")
+    net.load_state_dict(state["net"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return history
 
 
 @dataclass

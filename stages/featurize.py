@@ -7,7 +7,7 @@ from pathlib import Path
 from fashiondvc.augment import ImageStore
 from fashiondvc.errors import run_main
 from fashiondvc.features import featurize
-from fashiondvc.io import write_json
+from fashiondvc.io import atomic_path, write_json
 from fashiondvc.model import feature_shape, load_vgg16, split_vgg
 from fashiondvc.params import load_params
 
@@ -20,14 +20,15 @@ def main() -> None:
     shape = feature_shape(model["frozen_convs"], params["augment"]["image_size"])
     frozen, _ = split_vgg(load_vgg16(model["weights"]), model["frozen_convs"])
     start = time.perf_counter()
-    featurize(store, frozen, out_dir / "features.npy", feature_shape=shape,
-              batch_size=options["batch_size"], workers=options["workers"],
-              precision=options["precision"], device=options["device"])
-    seconds = time.perf_counter() - start
-    write_json(out_dir / "meta.json", {"n_images": len(store), "shape": list(shape),
+    with atomic_path(out_dir, is_dir=True) as tmp:  # features.npy and meta.json, or nothing
+        featurize(store, frozen, tmp / "features.npy", feature_shape=shape,
+                  batch_size=options["batch_size"], workers=options["workers"],
+                  precision=options["precision"], device=options["device"])
+        write_json(tmp / "meta.json", {"n_images": len(store), "shape": list(shape),
                                        "frozen_convs": model["frozen_convs"],
                                        "weights": model["weights"],
                                        "precision": options["precision"]})
+    seconds = time.perf_counter() - start
     print(f"featurize: {len(store)} images -> {shape} in {seconds:.1f}s "
           f"({len(store) / seconds:.1f} images/s)")
 

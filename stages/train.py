@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from fashiondvc import model as model_module
+from fashiondvc import train as train_module
 from fashiondvc.dataset import resolve_label_set
 from fashiondvc.errors import run_main
 from fashiondvc.io import file_identity, sha256_file, write_csv
@@ -28,8 +30,13 @@ def main() -> None:
                          weight_decay=train["weight_decay"], seed=train["seed"],
                          device=train["device"], precision=train["precision"],
                          threshold=params["evaluate"]["threshold"])
+    # everything that shapes the history: a checkpoint resumes only an identical run
     run_id = fingerprint(labels=names, k=params["k"], lr=params["lr"], model=model, train=train,
-                         split=sha256_file(split_csv), features=file_identity(features_npy))
+                         threshold=params["evaluate"]["threshold"], image_size=image_size,
+                         split=sha256_file(split_csv), features=file_identity(features_npy),
+                         labels_csv=sha256_file(labels_csv),
+                         code=[sha256_file(f) for f in (__file__, train_module.__file__,
+                                                        model_module.__file__)])
     checkpoint = Path(".checkpoints") / f"train-{run_id}.pt"
     history = fit(net, data.subset(data.train_rows), data.subset(data.test_rows), config,
                   checkpoint=checkpoint)

@@ -1,0 +1,65 @@
+"""Test hook: park one stage at a fixed point so a test can SIGKILL it there.
+
+Active only when ``FASHIONDVC_TEST_HANG=<stage>`` is set and this process runs
+``stages/<stage>.py`` (tests/faultkit.py puts this folder on PYTHONPATH for `dvc repro`). At the
+hang point the process writes its pid to ``$FASHIONDVC_TEST_HANG_MARKER`` and sleeps until killed:
+
+- ingest: at the 5th decoded image (the ingested folder is half-written in its .tmp- sibling)
+- augment: at the 5th image appended to a shard
+- featurize: at the 2nd batch (features.npy half-written)
+- train: right after the checkpoint of epoch 1 is saved
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+_STAGE = os.environ.get("FASHIONDVC_TEST_HANG")
+
+
+def _park() -> None:
+    Path(os.environ["FASHIONDVC_TEST_HANG_MARKER"]).write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+def _after(count: int, function):
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == count:
+            _park()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _install(stage: str) -> None:
+    if stage == "ingest":
+        import fashiondvc.dataset as module
+
+        module.load_rgb = _after(5, module.load_rgb)
+    elif stage == "augment":
+        import fashiondvc.augment as module
+
+        module.ShardWriter.append = _after(5, module.ShardWriter.append)
+    elif stage == "featurize":
+        import fashiondvc.features as module
+
+        module.normalize = _after(2, module.normalize)
+    elif stage == "train":
+        import fashiondvc.train as module
+
+        save = module.save_checkpoint
+
+        def save_then_park(*args, **kwargs):
+            save(*args, **kwargs)
+            _park()
+
+        module.save_checkpoint = save_then_park
+
+
+if _STAGE and sys.argv and sys.argv[0].replace("\\", "/").endswith(f"stages/{_STAGE}.py"):
+    _install(_STAGE)

@@ -21,13 +21,13 @@ from fashiondvc.sample import make_sample_archive
 DEMO_OVERRIDES = {
     "labels": "colors11",
     "k": 2,
-    "lr": 0.001,
+    "lr": 0.003,
     "model.weights": "random",
     "model.frozen_convs": 13,
     "model.hidden": 64,
     "augment.copies": 2,
     "augment.image_size": 64,
-    "train.epochs": 8,
+    "train.epochs": 15,
     "train.batch_size": 32,
     "featurize.workers": 0,
 }

@@ -35,9 +35,15 @@ def artifact_location() -> str:
     return (project_root() / "mlartifacts").as_uri()
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int = 5,
+def with_retries(action: Callable[[], T], what: str, attempts: int | None = None,
                  delay: float = 0.5) -> T:
-    """Call ``action``, retrying with exponential backoff; re-raise the last error."""
+    """Call ``action``, retrying with exponential backoff; re-raise the last error.
+
+    ``attempts`` defaults to 1 + ``$FASHIONDVC_MLFLOW_RETRIES`` (4 retries when unset).
+    """
+    if attempts is None:
+        retries = os.environ.get("FASHIONDVC_MLFLOW_RETRIES", "4")
+        attempts = 1 + (int(retries) if retries.isdigit() else 4)
     for attempt in range(1, attempts + 1):
         try:
             return action()

@@ -17,7 +17,8 @@ def main() -> None:
         raise FashionError(f"search.images: expected a folder path or null, got {images!r}")
     start = time.perf_counter()
     index, counts = build_index(model_path, images, out_dir,
-                                threshold=params["evaluate"]["threshold"])
+                                threshold=params["evaluate"]["threshold"],
+                                precision=params["featurize"]["precision"])
     print(f"index: {len(index)} photos of {images} in {time.perf_counter() - start:.1f}s "
           f"({counts['computed']} featurized, {counts['reused']} reused, "
           f"{counts['skipped']} skipped)")

@@ -1,0 +1,173 @@
+"""Markdown for bench/results.md from the benchmark's and the full-scale run's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+BENCH = Path(__file__).resolve().parent
+GOALS = {"ratio": 0.8, "speedup13": 20.0, "speedup12": 3.0, "share": 0.05, "memory_gib": 4.0,
+         "table_min": 60.0}
+
+
+def mark(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def machine_section(results: dict) -> list[str]:
+    m = results["machine"]
+    return [
+        "## Machine", "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores (AVX-512 BF16: {m['avx512_bf16']}, "
+        f"AMX: {m['amx']}); torch {m['torch']}, {m['torch_threads']} threads; "
+        f"CUDA: {m['cuda']}.",
+        f"- Precision: featurize `{results['precision']}` (trunk weights cast to bf16, "
+        "channels_last), stored features float16; training fp32 (`train.precision`).",
+        "- **Shared machine**: 2 cores used at the same time by other engineers' test runs, so "
+        "absolute figures are noisy; the 1-minute load average is recorded beside each figure, "
+        "and ratios are measured side by side in one run.",
+        "- **No GPU**: this session was not lent a GPU machine. `bench/gpu.py` (featurize "
+        "20412 images and train one row with `frozen_convs=12` on CUDA) was written but "
+        "**not run here**; there are no GPU figures.", "",
+    ]
+
+
+def summary_section(results: dict, fullscale: dict | None) -> list[str]:
+    t = results["throughput"]
+    s13, s12 = results["stored_vs_recompute"]
+    rows = [
+        "## Summary", "",
+        "| # | measure | result | goal | |", "|---|---|---|---|---|",
+        f"| 1 | featurize on real JPEGs / bare loop on random tensors | "
+        f"{max(t['featurize']):.2f} / {max(t['bare']):.2f} images/s = **{t['ratio']:.2f}** | "
+        f">= {GOALS['ratio']} | {mark(t['ratio'] >= GOALS['ratio'])} |",
+        f"| 2 | train + evaluate, recomputing the trunk / stored features, frozen_convs=13 | "
+        f"{s13['recompute_s']:.1f} s / {s13['stored_s']:.1f} s = **{s13['speedup']:.0f}x** | "
+        f">= {GOALS['speedup13']:.0f}x | {mark(s13['speedup'] >= GOALS['speedup13'])} |",
+        f"| 2 | same, frozen_convs=12 | {s12['recompute_s']:.1f} s / {s12['stored_s']:.1f} s = "
+        f"**{s12['speedup']:.1f}x** | >= {GOALS['speedup12']:.0f}x | "
+        f"{mark(s12['speedup'] >= GOALS['speedup12'])} |",
+    ]
+    if fullscale and "repro" in fullscale:
+        rows += fullscale_summary_rows(fullscale)
+    return [*rows, ""]
+
+
+def fullscale_summary_rows(fs: dict) -> list[str]:
+    repro = fs["repro"]
+    rows = []
+    k5 = fs.get("experiments", {}).get("g11")
+    if k5:
+        share = k5["seconds"] / repro["seconds"]
+        ran = ", ".join(k5["stages"]) or "none"
+        rows.append(
+            f"| 3 | `dvc exp run -S k=5` (row g11) after `dvc repro`, frozen_convs=13 | stages "
+            f"run: {ran}; {k5['seconds']:.0f} s / {repro['seconds']:.0f} s = "
+            f"**{share:.1%}** | only train, evaluate; < 5% | "
+            f"{mark(share < GOALS['share'] and set(k5['stages']) <= {'train', 'evaluate'})} |")
+    stages = {**repro["stages"], **{f"{n} ({row})": s for row, e in fs["experiments"].items()
+                                    for n, s in e["stages"].items() if row == "g11"}}
+    peak = max((s["peak_tree_pss_gib"], n) for n, s in stages.items())
+    peak_rss = max((s["peak_rss_gib"], n) for n, s in stages.items())
+    rows.append(
+        f"| 4 | peak memory of any stage, 20412 images | PSS of the stage's process tree "
+        f"{peak[0]:.2f} GiB ({peak[1]}); RSS of one process {peak_rss[0]:.2f} GiB "
+        f"({peak_rss[1]}) | < 4 GiB | {mark(max(peak[0], peak_rss[0]) < GOALS['memory_gib'])} |")
+    if "total_seconds" in fs:
+        minutes = fs["total_seconds"] / 60
+        rows.append(
+            f"| 5 | whole 14-row table incl. ingest, augment, featurize "
+            f"({fs['epochs']} epochs, frozen_convs={fs['frozen_convs']}) | **{minutes:.1f} min** | "
+            f"< 60 min | {mark(minutes < GOALS['table_min'])} |")
+    return rows
+
+
+def throughput_section(results: dict) -> list[str]:
+    t = results["throughput"]
+    lines = [
+        "## 1. Frozen trunk (13 convs) throughput", "",
+        f"{t['images']} images at 224x224, batch 32, alternated {len(t['bare'])} times "
+        "(best of each reported above):", "",
+        "| run | bare loop (images/s) | featurize (images/s) |", "|---|---|---|",
+    ]
+    lines += [f"| {i + 1} | {b:.2f} | {f:.2f} |"
+              for i, (b, f) in enumerate(zip(t["bare"], t["featurize"], strict=True))]
+    lines += ["", "Trunk precision variants on random tensors (channels_last, batch 32):", "",
+              "| variant | images/s |", "|---|---|"]
+    lines += [f"| {name} | {ips:.2f} |" for name, ips in t["variants"].items()]
+    return [*lines, ""]
+
+
+def recompute_section(results: dict) -> list[str]:
+    lines = [
+        "## 2. Train + evaluate: stored features vs. recomputing the trunk", "",
+        "Same network, seeds, batches and epochs; `fit` + `evaluate` as the stages call them. "
+        "The recompute variant runs the frozen trunk (bf16 weights, no gradients) on every "
+        "batch of every epoch and in evaluation, images decoded from the same store.", "",
+        "| frozen_convs | images (train / test) | epochs | stored (s) | recompute (s) | speedup "
+        "| featurize of the subset (images/s) | load |", "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["stored_vs_recompute"]:
+        lines.append(
+            f"| {r['frozen_convs']} | {r['images']} ({r['train']} / {r['test']}) | {r['epochs']} "
+            f"| {r['stored_s']:.1f} | {r['recompute_s']:.1f} | {r['speedup']:.1f}x | "
+            f"{r['featurize_ips']:.2f} | {r['load']} |")
+    return [*lines, ""]
+
+
+def fullscale_section(fs: dict, table: pd.DataFrame | None) -> list[str]:
+    repro = fs["repro"]
+    lines = [
+        "## Full-scale run: the 14-row table on the real archive", "",
+        f"`bench/fullscale.py`: archive `{Path(fs['archive']).name}` (1856 photos, 10 copies "
+        f"each: 20412 images at 224x224), `model.frozen_convs={fs['frozen_convs']}`, "
+        f"`model.weights={fs['weights']}` (ImageNet weights cannot be downloaded here, so the "
+        f"trunk is a seeded random VGG-16 and the metrics say nothing about the paper's "
+        f"numbers), `train.epochs={fs['epochs']}`, in a scratch clone; one `dvc repro evaluate`, "
+        f"then `dvc exp run -n gN -S labels=... -S k=... -S lr=... evaluate` per row, "
+        f"sequentially. Started {fs['started']}.", "",
+    ]
+    if "total_seconds" in fs:
+        lines += [f"**Total wall time: {fs['total_seconds']:.0f} s = "
+                  f"{fs['total_seconds'] / 60:.1f} min.**", ""]
+    lines += ["| step | stage | seconds | peak RSS (GiB) | peak tree PSS (GiB) | "
+              "load mean / max |", "|---|---|---|---|---|---|",
+              f"| `dvc repro evaluate` | (all) | {repro['seconds']:.0f} | | | "
+              f"{repro['load_mean']} / {repro['load_max']:.1f} |"]
+    for name, s in repro["stages"].items():
+        lines.append(f"| | {name} | {s['seconds']:.0f} | {s['peak_rss_gib']:.2f} | "
+                     f"{s['peak_tree_pss_gib']:.2f} | |")
+    for row, e in fs.get("experiments", {}).items():
+        stages = ", ".join(f"{n} {s['seconds']:.0f}s" for n, s in e["stages"].items())
+        peak = max([s["peak_rss_gib"] for s in e["stages"].values()] or [0])
+        lines.append(f"| `exp run -n {row}` | {stages or 'none (cached)'} | {e['seconds']:.0f} "
+                     f"| {peak:.2f} | | {e['load_mean']} / {e['load_max']:.1f} |")
+    lines.append("")
+    if "index" in fs:
+        i = fs["index"]
+        lines += [f"Search `index` stage (not part of the table), run once afterwards: "
+                  f"{i['seconds']:.0f} s (load {i['load_mean']}).", ""]
+    if table is not None:
+        lines += ["### Metrics of the 14 rows (`bench/fullscale_metrics.csv`)", "",
+                  table.to_markdown(index=False, floatfmt=".4g"), ""]
+    return lines
+
+
+def extra_sections() -> list[str]:
+    """Hand-written notes (profile, gaps) kept in bench/notes.md, if present."""
+    notes = BENCH / "notes.md"
+    return [notes.read_text(), ""] if notes.exists() else []
+
+
+def render(results: dict, fullscale: dict | None, table: pd.DataFrame | None) -> str:
+    """The whole results.md."""
+    lines = ["# Benchmark results", "",
+             f"Generated by `bench/run.py` ({results['started']} .. {results['finished']}); "
+             "how to run: [README.md](README.md).", ""]
+    lines += machine_section(results) + summary_section(results, fullscale)
+    lines += throughput_section(results) + recompute_section(results)
+    if fullscale and "repro" in fullscale:
+        lines += fullscale_section(fullscale, table)
+    lines += extra_sections()
+    return "\n".join(lines)

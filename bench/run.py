@@ -1,0 +1,311 @@
+"""Speed benchmark: featurize vs. the compute bound, stored features vs. recomputing the trunk.
+
+    .venv/bin/python bench/run.py --archive /path/to/ClothingAttributeDataset.zip
+
+Measured side by side in one run (see bench/README.md):
+
+1. frozen-trunk throughput: a bare PyTorch loop on random tensors vs. `featurize` on real
+   JPEGs (images/s), plus the trunk in fp32, under bf16 autocast and with bf16 weights;
+2. train + evaluate from stored features vs. the same epochs recomputing the frozen trunk for
+   every batch, with ``frozen_convs`` 13 and 12, on a subset of the real photos;
+3. and 4. (``dvc exp run -S k=5`` after ``dvc repro``; peak memory per stage at full scale) are
+   read from ``bench/fullscale.json``, written by ``bench/fullscale.py``.
+
+Prints a table and writes ``bench/results.md`` (and ``bench/results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+import report  # noqa: E402
+
+from fashiondvc.augment import ImageStore, augment_folder  # noqa: E402
+from fashiondvc.dataset import ingest, read_ingested, resolve_label_set  # noqa: E402
+from fashiondvc.evaluate import evaluate  # noqa: E402
+from fashiondvc.features import (  # noqa: E402
+    autocast,
+    compute_dtype,
+    featurize,
+    prepare_trunk,
+)
+from fashiondvc.model import (  # noqa: E402
+    build_net,
+    feature_shape,
+    load_vgg16,
+    normalize,
+    split_vgg,
+)
+from fashiondvc.split import split_test_mask  # noqa: E402
+from fashiondvc.train import Splits, TrainConfig, fit, load_splits  # noqa: E402
+
+IMAGE_SIZE = 224
+LABELS = "attrs20"
+
+
+def machine() -> dict:
+    """CPU model, cores, torch build and threads, bf16 support, load average now."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,
+            "cuda": torch.cuda.is_available(), "load_at_start": os.getloadavg()[0]}
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_subset(archive: Path, work: Path, photos: int) -> tuple[Path, Path, Path]:
+    """Ingest the archive, augment its first ``photos`` photos (10 copies) and split them.
+
+    Returns the ingested folder, the augmented store and ``split.csv``.
+    """
+    ingested, store_dir, split_csv = work / "ingested", work / "augmented", work / "split.csv"
+    if not (ingested / "labels.csv").exists():
+        ingest(archive, ingested)
+    ids = read_ingested(ingested)["image_id"].to_numpy()[:photos]
+    index = augment_folder(ingested / "images", ids, store_dir, copies=10, size=IMAGE_SIZE,
+                           seed=0)
+    is_test = split_test_mask(index["image_id"].to_numpy(), 0.33, seed=0)
+    split = index[["index", "image_id", "copy"]].assign(
+        subset=np.where(is_test, "test", "train"))
+    split.to_csv(split_csv, index=False)
+    return ingested, store_dir, split_csv
+
+
+class Head:
+    """The first ``n`` images of a store (picklable, for DataLoader workers)."""
+
+    def __init__(self, store, n: int):
+        self.store, self.n = store, min(n, len(store))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.store[i]
+
+
+def trunk(frozen_convs: int) -> nn.Sequential:
+    frozen, _ = split_vgg(load_vgg16("random"), frozen_convs)
+    return frozen
+
+
+# --------------------------------------------------------------------------- 1. throughput
+
+
+@torch.inference_mode()
+def bare_loop(frozen_convs: int, n: int, batch: int, precision: str) -> float:
+    """Images/s of the trunk, prepared as `featurize` prepares it, on random tensors."""
+    device = torch.device("cpu")
+    dtype = compute_dtype(device, precision)
+    model = prepare_trunk(trunk(frozen_convs), device, dtype)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE).to(
+        dtype=dtype, memory_format=torch.channels_last)
+    model(x[:2])  # warm-up: oneDNN primitive creation
+    start, done = time.perf_counter(), 0
+    while done < n:
+        model(x)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def trunk_variant(frozen_convs: int, n: int, batch: int, variant: str) -> float:
+    """Images/s of the trunk in fp32, under bf16 autocast, or with weights cast to bf16."""
+    device = torch.device("cpu")
+    model = trunk(frozen_convs).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE).contiguous(
+        memory_format=torch.channels_last)
+    context = autocast(device, "bf16") if variant == "bf16 autocast" else None
+    if variant == "bf16 weights":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    with context or torch.autocast("cpu", enabled=False):
+        model(x[:2])
+        start, done = time.perf_counter(), 0
+        while done < n:
+            model(x)
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def featurize_speed(store, frozen_convs: int, out: Path, *, batch: int, workers: int,
+                    precision: str) -> float:
+    """Images/s of the featurize function (JPEG decode in workers, write to disk)."""
+    model = trunk(frozen_convs)
+    start = time.perf_counter()
+    featurize(store, model, out, feature_shape=feature_shape(frozen_convs, IMAGE_SIZE),
+              batch_size=batch, workers=workers, precision=precision, device="cpu")
+    return len(store) / (time.perf_counter() - start)
+
+
+def throughput(store, work: Path, args: argparse.Namespace) -> dict:
+    """Item 1: bare loop vs featurize, alternated ``args.repeats`` times; best of each."""
+    sub = Head(store, args.images)
+    bare, feat = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_loop(13, len(sub), args.batch, args.precision))
+        print(f"  bare loop: {bare[-1]:.2f} images/s (load {load()})", flush=True)
+        feat.append(featurize_speed(sub, 13, work / "throughput.npy", batch=args.batch,
+                                    workers=args.workers, precision=args.precision))
+        print(f"  featurize: {feat[-1]:.2f} images/s (load {load()})", flush=True)
+    variants = {}
+    for variant in ("fp32", "bf16 autocast", "bf16 weights"):
+        variants[variant] = trunk_variant(13, args.variant_images, args.batch, variant)
+        print(f"  trunk {variant}: {variants[variant]:.2f} images/s", flush=True)
+    return {"images": len(sub), "bare": bare, "featurize": feat,
+            "ratio": max(feat) / max(bare), "variants": variants, "load": load()}
+
+
+# --------------------------------------------------------------------------- 2. stored vs recompute
+
+
+class RecomputeNet(nn.Module):
+    """The frozen trunk run on every batch (no gradients, featurize precision), then ``net``."""
+
+    def __init__(self, frozen: nn.Module, net: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.frozen, self.net, self.dtype = frozen, net, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.frozen(x.to(dtype=self.dtype, memory_format=torch.channels_last))
+        return self.net(features.float())
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Like `fashiondvc.train.FeatureSet`, but yields normalised images decoded per batch."""
+
+    def __init__(self, store, rows: np.ndarray, targets: np.ndarray, mask: np.ndarray):
+        self.store, self.rows = store, np.asarray(rows)
+        self.targets = torch.from_numpy(targets[self.rows].astype(np.float32))
+        self.mask = torch.from_numpy(mask[self.rows].astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, ...]:
+        items = np.asarray(items)
+        images = np.stack([self.store[int(self.rows[i])] for i in items])
+        return normalize(torch.from_numpy(images)), self.targets[items], self.mask[items]
+
+
+class ImageSplits(Splits):
+    """`Splits` whose subsets recompute from images (``features`` holds the store)."""
+
+    def subset(self, rows: np.ndarray) -> ImageSet:
+        return ImageSet(self.features, rows, self.targets, self.mask)
+
+
+def train_and_evaluate(net: nn.Module, data: Splits, names: list[str], epochs: int) -> float:
+    """Seconds for `fit` (``epochs``) plus `evaluate`, as the train and evaluate stages do."""
+    config = TrainConfig(k=3, lr=1e-7, epochs=epochs, batch_size=64, device="cpu")
+    start = time.perf_counter()
+    fit(net, data.subset(data.train_rows), data.subset(data.test_rows), config)
+    evaluate(net, data, names, k=3, threshold=0.5, batch_size=64, device="cpu")
+    return time.perf_counter() - start
+
+
+def stored_vs_recompute(ingested: Path, store, split_csv: Path, work: Path, frozen_convs: int,
+                        args: argparse.Namespace) -> dict:
+    """Item 2 for one ``frozen_convs``: train + evaluate from stored features vs. recomputing."""
+    names = resolve_label_set(LABELS)
+    features = work / f"features-{frozen_convs}.npy"
+    featurize_ips = featurize_speed(store, frozen_convs, features, batch=args.batch,
+                                    workers=args.workers, precision=args.precision)
+    stored = load_splits(ingested / "labels.csv", split_csv, features, names)
+
+    def fresh_net() -> nn.Module:
+        return build_net("random", frozen_convs, IMAGE_SIZE, 256, len(names), 0.5, seed=0)
+
+    stored_s = train_and_evaluate(fresh_net(), stored, names, args.epochs)
+    print(f"  frozen_convs={frozen_convs}: stored {stored_s:.1f}s (load {load()})", flush=True)
+    dtype = compute_dtype(torch.device("cpu"), args.precision)
+    recompute = RecomputeNet(prepare_trunk(trunk(frozen_convs), torch.device("cpu"), dtype),
+                             fresh_net(), dtype)
+    images = ImageSplits(store, stored.targets, stored.mask, stored.train_rows,
+                         stored.test_rows)
+    recompute_s = train_and_evaluate(recompute, images, names, args.epochs)
+    print(f"  frozen_convs={frozen_convs}: recompute {recompute_s:.1f}s (load {load()})",
+          flush=True)
+    features.unlink(missing_ok=True)
+    return {"frozen_convs": frozen_convs, "images": len(store),
+            "train": len(stored.train_rows), "test": len(stored.test_rows),
+            "epochs": args.epochs, "featurize_ips": featurize_ips, "stored_s": stored_s,
+            "recompute_s": recompute_s, "speedup": recompute_s / stored_s, "load": load()}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archive", required=True, type=Path)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fashiondvc-bench"))
+    parser.add_argument("--photos", type=int, default=48,
+                        help="photos of the archive augmented for items 1-2 (x11 images)")
+    parser.add_argument("--images", type=int, default=256, help="images for item 1")
+    parser.add_argument("--variant-images", type=int, default=96,
+                        help="random images per trunk precision variant")
+    parser.add_argument("--repeats", type=int, default=2, help="item 1 alternations")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs for item 2")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--fullscale", type=Path, default=BENCH / "fullscale.json")
+    parser.add_argument("--out", type=Path, default=BENCH / "results.md")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "precision": args.precision,
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"machine: {results['machine']}", flush=True)
+    ingested, store_dir, split_csv = build_subset(args.archive.resolve(), args.work,
+                                                  args.photos)
+    store = ImageStore(store_dir)
+    print("1. frozen-trunk throughput", flush=True)
+    results["throughput"] = throughput(store, args.work, args)
+    print("2. stored features vs recomputing the trunk", flush=True)
+    results["stored_vs_recompute"] = [
+        stored_vs_recompute(ingested, store, split_csv, args.work, fc, args) for fc in (13, 12)]
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    fullscale = json.loads(args.fullscale.read_text()) if args.fullscale.exists() else None
+    metrics = BENCH / "fullscale_metrics.csv"
+    table = pd.read_csv(metrics) if metrics.exists() else None
+    text = report.render(results, fullscale, table)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

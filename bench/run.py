@@ -165,6 +165,14 @@ def featurize_speed(store, frozen_convs: int, out: Path, *, batch: int, workers:
     return len(store) / (time.perf_counter() - start)
 
 
+def decode_speed(store) -> float:
+    """Images/s of decoding the store's JPEGs in this process (what one worker does)."""
+    start = time.perf_counter()
+    for i in range(len(store)):
+        store[i]
+    return len(store) / (time.perf_counter() - start)
+
+
 def throughput(store, work: Path, args: argparse.Namespace) -> dict:
     """Item 1: bare loop vs featurize, alternated ``args.repeats`` times; best of each."""
     sub = Head(store, args.images)
@@ -175,11 +183,13 @@ def throughput(store, work: Path, args: argparse.Namespace) -> dict:
         feat.append(featurize_speed(sub, 13, work / "throughput.npy", batch=args.batch,
                                     workers=args.workers, precision=args.precision))
         print(f"  featurize: {feat[-1]:.2f} images/s (load {load()})", flush=True)
+    decode = decode_speed(sub)
+    print(f"  JPEG decode: {decode:.0f} images/s on one core", flush=True)
     variants = {}
     for variant in ("fp32", "bf16 autocast", "bf16 weights"):
         variants[variant] = trunk_variant(13, args.variant_images, args.batch, variant)
         print(f"  trunk {variant}: {variants[variant]:.2f} images/s", flush=True)
-    return {"images": len(sub), "bare": bare, "featurize": feat,
+    return {"images": len(sub), "bare": bare, "featurize": feat, "decode": decode,
             "ratio": max(feat) / max(bare), "variants": variants, "load": load()}
 
 

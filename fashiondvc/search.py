@@ -20,6 +20,7 @@ adding photos to a collection only featurizes the new ones.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,8 @@ from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file
 
 INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
+#: Largest query photo accepted, in pixels.
+MAX_PIXELS = 40_000_000
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -187,7 +190,22 @@ class Featurizer:
         return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
 
     def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs, embedding)`` of one encoded photo; `FashionError` if it is not an image."""
+        """``(probs, embedding)`` of one encoded photo.
+
+        Raises `FashionError` if it is not an image or has more than `MAX_PIXELS` pixels (a
+        small file can hold a huge, memory-filling image).
+        """
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        except Image.DecompressionBombError:
+            width = height = None
+        except (OSError, ValueError):
+            width = height = 0  # load_rgb below gives the clear message
+        if width is None or width * height > MAX_PIXELS:
+            size = "" if width is None else f" ({width}x{height})"
+            raise FashionError(f"{name}: too many pixels{size}; at most "
+                               f"{MAX_PIXELS // 1_000_000} megapixels")
         probs, embeddings = self.images([load_rgb(data, name)])
         return probs[0], embeddings[0]
 

@@ -3,7 +3,9 @@
 import io
 import os
 import shutil
+import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -63,8 +65,21 @@ def test_upload_answers_attributes_and_similar_photos(client, collection):
     assert again.status_code == 200 and len(again.get_json()["results"]) == 3
 
 
+def png_header(width: int, height: int) -> bytes:
+    """The start of a PNG claiming ``width`` x ``height`` pixels (a decompression bomb's look)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+
+
 @pytest.mark.parametrize(("data", "name", "status", "message"), [
     (b"hello", "notes.txt", 415, "only JPEG and PNG"),
+    (png_header(10_000, 5_000), "wide.png", 400, "too many pixels (10000x5000)"),
+    (png_header(30_000, 30_000), "bomb.png", 400, "too many pixels"),
     (b"<html>not a photo</html>", "fake.jpg", 415, "not a JPEG or PNG image"),
     (b"\xff\xd8\xff\xe0 truncated", "cut.jpg", 400, "not a readable image"),
     (b"\xff\xd8\xff" + bytes(MAX_UPLOAD), "huge.jpg", 413, "larger than"),

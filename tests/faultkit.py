@@ -229,7 +229,49 @@ def repro_until_hang(repo: Path, stage: str, timeout: float = 180.0) -> str:
         stage_pid = int(marker.read_text())
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):  # the stage shared dvc's process group
-        os.kill(stage_pid, 0)
-        raise AssertionError(f"stage process {stage_pid} survived the kill")
+    assert wait_dead(stage_pid), f"stage process {stage_pid} survived the kill"
     return log.read_text()
+
+
+def wait_dead(pid: int, timeout: float = 15.0) -> bool:
+    """Whether ``pid`` is gone (or a zombie: dead, not yet reaped) within ``timeout``."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+#: The end-to-end runs: FAST_PARAMS on a sample with one truncated photo, skipped.
+REFERENCE_PARAMS = {"data.on_corrupt": "skip"}
+_SESSION: dict[str, Path] = {}
+
+
+def reference_archive(factory) -> Path:
+    """The 24-photo sample with photo 5 truncated (same bytes in every session)."""
+    if "archive" not in _SESSION:
+        from fashiondvc.sample import make_sample_archive
+
+        folder = factory.mktemp("reference-archive")
+        sample = make_sample_archive(folder / "sample.zip", n_images=24)
+        jpeg = member(sample, "images/000005.jpg")
+        _SESSION["archive"] = rewrite_zip(sample, folder / "one-truncated.zip",
+                                          replace={"images/000005.jpg": jpeg[:len(jpeg) // 2]})
+    return _SESSION["archive"]
+
+
+def reference_repo(factory) -> Path:
+    """One uninterrupted ``dvc repro`` of the reference setup, shared by every test module of
+    the session (a session fixture defined in each module would run once per module)."""
+    if "repo" not in _SESSION:
+        repo = make_repo(factory.mktemp("reference") / "repo", reference_archive(factory),
+                         **REFERENCE_PARAMS)
+        run(["dvc", "repro"], repo)
+        _SESSION["repo"] = repo
+    return _SESSION["repo"]

@@ -18,14 +18,16 @@ def _search(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from fashiondvc.search import Searcher, default_top, format_text
+    from fashiondvc.search import Searcher, SearchIndex, default_top, format_text, parse_where
 
     photo = Path(args.photo)
     if not photo.is_file():
         raise FashionError(f"{photo}: no such file")
-    searcher = Searcher.open(args.index, args.model)
+    index = SearchIndex.load(args.index)
+    where = parse_where(args.where, index.labels)  # fail fast, before loading the network
+    searcher = Searcher.open(index, args.model)
     result = searcher.query(photo.read_bytes(), str(photo), top=args.top or default_top(),
-                            where=args.where)
+                            where=where)
     if args.json:
         result.pop("embedding")
         for hit in result["results"]:

@@ -380,13 +380,14 @@ class Searcher:
         self.index, self.featurizer = index, featurizer
 
     @classmethod
-    def open(cls, index_dir: str | os.PathLike, model_path: str | os.PathLike) -> Searcher:
-        """Load ``index_dir`` and ``model_path``, checking the index was built by that model."""
-        index = SearchIndex.load(index_dir)
+    def open(cls, index_dir: str | os.PathLike | SearchIndex,
+             model_path: str | os.PathLike) -> Searcher:
+        """An index (a folder, or one already loaded) and the model that built it (by sha256)."""
+        index = index_dir if isinstance(index_dir, SearchIndex) else SearchIndex.load(index_dir)
         if not Path(model_path).exists():
             raise FashionError(f"{model_path} does not exist: run the train stage first")
         if sha256_file(model_path) != index.model_sha256:
-            raise FashionError(f"{index_dir} was built with another model than {model_path}: "
+            raise FashionError(f"the index was built with another model than {model_path}: "
                                "rebuild it with `dvc repro index`")
         return cls(index, Featurizer.from_file(model_path, index.precision))
 

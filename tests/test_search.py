@@ -108,16 +108,18 @@ def test_unknown_where_names_are_a_clear_error(collection):
         parse_where("red,pattern_floral", LABELS)
 
 
-def test_rebuild_reuses_unchanged_photos_and_skips_unreadable_ones(collection, tmp_path):
+def test_rebuild_reuses_unchanged_photos_and_skips_unreadable_ones(collection, searcher,
+                                                                   tmp_path):
     photos = tmp_path / "photos"
     shutil.copytree(collection.images, photos)
-    first, counts = build_index(collection.model, photos, tmp_path / "index")
+    same = {"featurizer": searcher.featurizer}  # the model's network, already loaded
+    first, counts = build_index(collection.model, photos, tmp_path / "index", **same)
     assert counts == {"computed": N_PHOTOS, "reused": 0, "skipped": 0}
     (photos / "new").mkdir()
     Image.new("RGB", (40, 60), (200, 30, 30)).save(photos / "new" / "red.PNG")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     (photos / "notes.txt").write_text("ignored")
-    second, counts = build_index(collection.model, photos, tmp_path / "index")
+    second, counts = build_index(collection.model, photos, tmp_path / "index", **same)
     assert counts == {"computed": 1, "reused": N_PHOTOS, "skipped": 1}
     assert second.paths[-1] == "new/red.PNG" and second.skipped == ["broken.jpg"]
     assert np.array_equal(second.embeddings[:N_PHOTOS], first.embeddings)

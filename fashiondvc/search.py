@@ -253,7 +253,7 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
         else:
             try:
                 image = load_rgb(data, str(path))
-            except FashionError as exc:
+            except (FashionError, Image.DecompressionBombError) as exc:
                 print(f"index: skipping {exc}")
                 skipped.append(relative)
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from faultkit import (
     closed_port,
     leftovers,
     member,
+    reference_repo,
     rewrite_zip,
     run_stage,
     serve,
@@ -418,3 +420,21 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, capsys):
     assert len(history) == 1
     assert "cannot resume" in capsys.readouterr().err
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    return reference_repo(tmp_path_factory)
+
+
+def test_skipped_photo_is_reported_end_to_end(reference):
+    """The reference ``dvc repro`` runs on a sample with photo 5 truncated, ``on_corrupt: skip``."""
+    metrics = json.loads((reference / "metrics" / "metrics.json").read_text())
+    assert metrics["n_skipped"] == 1
+    skipped = pd.read_csv(reference / "data" / "ingested" / "skipped.csv")
+    assert skipped["image_id"].tolist() == [5]
+    assert "images/000005.jpg" in skipped["reason"][0]
+    assert metrics["n_train"] + metrics["n_test"] == 23 * 2  # photo + 1 copy each

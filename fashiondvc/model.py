@@ -51,15 +51,27 @@ def frozen_cut(features: nn.Sequential, frozen_convs: int) -> int:
 def load_vgg16(weights: str) -> nn.Module:
     """VGG-16 with ``weights``: ``imagenet``, ``random`` or a path to a state_dict file.
 
-    ``imagenet`` goes through torchvision's own download and cache (``$TORCH_HOME``). ``random``
-    is seeded, so the frozen trunk is the same in every stage. A file may hold a full VGG-16
-    state_dict or only its ``features.*`` entries; it is loaded with ``weights_only=True``.
+    ``imagenet`` goes through torchvision's own download (hash-checked) and cache
+    (``$TORCH_HOME``). ``random`` is seeded, so the frozen trunk is the same in every stage. A
+    file may hold a full VGG-16 state_dict or only its ``features.*`` entries. Every file,
+    the cached ImageNet one included, is loaded with ``weights_only=True``: nothing it holds
+    is executed.
     """
     if weights == "imagenet":
+        try:  # torchvision's vgg16(weights=...) would unpickle the cached file unrestricted
+            state = VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True,
+                                                                weights_only=True)
+        except Exception as exc:  # no network, bad hash, or a cache file that is not weights
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise FashionError(f"model.weights: cannot fetch ImageNet weights ({reason})"
+                               ) from None
+        model = vgg16(weights=None, init_weights=False)
         try:
-            return vgg16(weights=VGG16_Weights.IMAGENET1K_V1)
-        except (OSError, RuntimeError) as exc:
-            raise FashionError(f"model.weights: cannot fetch ImageNet weights ({exc})") from None
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise FashionError(f"model.weights: the cached ImageNet weights are not VGG-16 "
+                               f"({str(exc).splitlines()[0]})") from None
+        return model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = vgg16(weights=None)

@@ -438,3 +438,19 @@ def test_skipped_photo_is_reported_end_to_end(reference):
     assert skipped["image_id"].tolist() == [5]
     assert "images/000005.jpg" in skipped["reason"][0]
     assert metrics["n_train"] + metrics["n_test"] == 23 * 2  # photo + 1 copy each
+
+
+def test_pickled_code_in_the_imagenet_cache_is_never_run(tmp_path, monkeypatch):
+    """torchvision itself would unpickle ``$TORCH_HOME/hub/checkpoints/vgg16-*.pth`` freely."""
+    from torchvision.models import VGG16_Weights
+
+    from fashiondvc.model import load_vgg16
+
+    marker = tmp_path / "pwned"
+    cached = tmp_path / "hub" / "checkpoints" / VGG16_Weights.IMAGENET1K_V1.url.rsplit("/")[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save({"features.0.weight": TouchOnLoad(marker)}, cached)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FashionError, match="model.weights: cannot fetch ImageNet weights"):
+        load_vgg16("imagenet")
+    assert not marker.exists()

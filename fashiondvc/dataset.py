@@ -282,8 +282,10 @@ def load_rgb(data: bytes, name: str) -> Image.Image:
             else:
                 image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-            ValueError) as exc:
+    except UnidentifiedImageError:  # its message holds a memory address: not reproducible
+        raise FashionError(f"{name}: not a readable image (not an image format Pillow "
+                           "knows)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise FashionError(f"{name}: not a readable image ({exc})") from None
 
 
@@ -395,9 +397,12 @@ def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
                 data = reader.read(member)
                 load_rgb(data, member)
             except FashionError as exc:
+                # skipped.csv is an output: its reasons must not depend on where the archive is
+                reason = str(exc).removeprefix(f"{reader.source}: ")
                 if on_corrupt == "fail":
-                    raise FashionError(f"{exc} (set data.on_corrupt: skip to drop it)") from None
-                skipped.append({"image_id": str(image_id), "reason": str(exc)})
+                    raise FashionError(f"{reader.source}: {reason} "
+                                       "(set data.on_corrupt: skip to drop it)") from None
+                skipped.append({"image_id": str(image_id), "reason": reason})
                 continue
             (images_dir / posixpath.basename(member)).write_bytes(data)
             kept.append(image_id)

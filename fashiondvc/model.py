@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def read_weights(path: str | os.PathLike) -> object:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle refusals, corrupt zips and bad magic all land here
+        except pickle.UnpicklingError:
+            reason = "it holds pickled objects other than tensors, which could run code"
+        except Exception as exc:  # corrupt zips, bad magic, truncated files
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
     raise FashionError(f"{path}: not a weights-only state_dict, refused to load it ({reason})")
 

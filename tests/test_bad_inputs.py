@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import torch
-from conftest import BIN, PROJECT
+from conftest import BIN, PROJECT, run, set_params
 from faultkit import (
     ROOT,
     assert_user_error,
@@ -460,3 +460,25 @@ def test_pickled_code_in_the_imagenet_cache_is_never_run(tmp_path, monkeypatch):
     with pytest.raises(FashionError, match="model.weights: cannot fetch ImageNet weights"):
         load_vgg16("imagenet")
     assert not marker.exists()
+
+
+def test_bad_input_through_dvc_repro(pipeline_repo):
+    """DVC shows the stage's one error line, exits non-zero and records nothing."""
+    set_params(pipeline_repo / "params.yaml", {"model.frozen_convs": 14})
+    result = run(["dvc", "repro"], pipeline_repo, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: model.frozen_convs: must be in [0, 13], got 14" in output
+    assert "Traceback" not in output
+    assert not (pipeline_repo / "data" / "ingested").exists()
+    assert not (pipeline_repo / "dvc.lock").exists()
+
+
+def test_servers_bind_to_loopback_unless_told_otherwise():
+    import inspect
+
+    from fashiondvc import cli, web
+
+    assert inspect.signature(web.serve).parameters["host"].default == "127.0.0.1"
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"

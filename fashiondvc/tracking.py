@@ -101,6 +101,10 @@ def log_pipeline_run(params: Mapping[str, Any], history: list[dict],
 
 def _log(params, history, metrics, artifacts, tags) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's HTTP client retries 5 times with a 120 s timeout by default (minutes against a
+    # dead server); `with_retries` already retries each call, so keep MLflow's own loop short.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 

@@ -57,21 +57,18 @@ def run(command: list[str], cwd: Path, check: bool = True, **kwargs) -> subproce
     return result
 
 
-@pytest.fixture
-def pipeline_repo(tmp_path: Path, sample_zip: Path) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, set up for the sample archive."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def make_repo(repo: Path, archive: Path, **overrides: object) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, set up for ``archive``."""
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
     for folder in ("stages", "fashiondvc", "data", "models"):
         shutil.copytree(PROJECT / folder, repo / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "raw", "demo", "ingested",
-                                                      "augmented", "features", "split.csv"))
-    archive = repo / "data" / "raw" / "sample.zip"
-    archive.parent.mkdir(parents=True)
-    shutil.copy(sample_zip, archive)
-    set_params(repo / "params.yaml", {**FAST_PARAMS, "data.archive": str(archive)})
+                                                      "augmented", "features", "index",
+                                                      "split.csv", "*.tmp-*"))
+    set_params(repo / "params.yaml", {**FAST_PARAMS, "data.archive": str(archive),
+                                      **overrides})
     run(["git", "init", "-q", "-b", "main"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
     run(["git", "config", "user.name", "test"], repo)
@@ -80,3 +77,12 @@ def pipeline_repo(tmp_path: Path, sample_zip: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)
     return repo
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path, sample_zip: Path) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, set up for the sample archive."""
+    archive = tmp_path / "archive" / "sample.zip"
+    archive.parent.mkdir()
+    shutil.copy(sample_zip, archive)
+    return make_repo(tmp_path / "repo", archive)

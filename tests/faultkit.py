@@ -6,8 +6,6 @@
   That keeps dozens of bad-input cases fast (no interpreter and torch start-up per case).
 - `rewrite_zip` derives broken archives from the generated sample.
 - `serve` runs a local HTTP server on 127.0.0.1 with scripted answers.
-- `make_repo` builds a git + DVC repo of this project, like the ``pipeline_repo`` fixture but
-  usable from session-scoped fixtures.
 - ``tests/hang/sitecustomize.py`` parks a chosen stage at a fixed point (see `HANG_ENV`).
 """
 
@@ -30,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import BIN, FAST_PARAMS, PROJECT, run, set_params
+from conftest import BIN, FAST_PARAMS, PROJECT, make_repo, run, set_params
 
 ROOT = "ClothingAttributeDataset"
 HANG_DIR = Path(__file__).resolve().parent / "hang"
@@ -165,28 +163,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_repo(repo: Path, archive: Path, **overrides: object) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, set up for ``archive``."""
-    repo.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(PROJECT / name, repo / name)
-    for folder in ("stages", "fashiondvc", "data", "models"):
-        shutil.copytree(PROJECT / folder, repo / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "raw", "demo", "ingested",
-                                                      "augmented", "features", "index",
-                                                      "split.csv", "*.tmp-*"))
-    set_params(repo / "params.yaml", {**FAST_PARAMS, "data.archive": str(archive),
-                                      **overrides})
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["git", "config", "user.email", "test@example.com"], repo)
-    run(["git", "config", "user.name", "test"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.analytics", "false"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "pipeline"], repo)
-    return repo
 
 
 #: Results compared between runs: metrics, per-attribute table and training history.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -16,6 +17,21 @@ from fashiondvc.dataset import resolve_label_set
 from fashiondvc.errors import FashionError
 
 __all__ = ["WEIGHT_CHOICES", "flatten", "load_params", "validate"]
+
+
+#: Every parameter the pipeline reads; anything else in params.yaml is a typo to report.
+KNOWN = frozenset({
+    "labels", "k", "lr",
+    "data.archive", "data.url", "data.sha256", "data.on_corrupt",
+    "augment.copies", "augment.image_size", "augment.seed", "augment.workers",
+    "split.test_size", "split.group_by_source", "split.seed",
+    "model.weights", "model.frozen_convs", "model.hidden", "model.dropout",
+    "featurize.precision", "featurize.batch_size", "featurize.workers", "featurize.device",
+    "train.epochs", "train.batch_size", "train.optimizer", "train.weight_decay", "train.seed",
+    "train.device", "train.precision",
+    "evaluate.threshold",
+    "search.images", "search.top",
+})
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
@@ -128,6 +144,18 @@ def validate(params: Mapping[str, Any]) -> None:
     _string(params, "train.device")
     _choice(params, "train.precision", PRECISIONS)
     _number(params, "evaluate.threshold", low=0, high=1, low_open=True, high_open=True)
+    _string(params, "search.images", optional=True)
+    _number(params, "search.top", kind=int, low=1)
+    _check_unknown(params)
+
+
+def _check_unknown(params: Mapping[str, Any]) -> None:
+    """Refuse keys the pipeline does not read: `-S train.epoch=5` must not pass silently."""
+    for key in flatten(params):
+        if key not in KNOWN:
+            close = difflib.get_close_matches(key, KNOWN, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise FashionError(f"{key}: unknown parameter{hint}")
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

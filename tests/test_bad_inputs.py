@@ -320,7 +320,8 @@ def test_greyscale_cmyk_16bit_palette_and_rotated_photos_are_converted(tmp_path,
     ("model.weights", "vgg19"), ("model.weights", None), ("data.sha256", "abc"),
     ("data.on_corrupt", "ignore"), ("data.archive", ""), ("train.epochs", 0),
     ("train.optimizer", "rmsprop"), ("featurize.precision", "int8"),
-    ("evaluate.threshold", 1), ("train.seed", -1),
+    ("evaluate.threshold", 1), ("train.seed", -1), ("search.top", 0),
+    ("train.epoch", 5), ("augment.size", 64),
 ])
 def test_bad_parameter_stops_before_any_work(tmp_path, sample_zip, param, value):
     """Every stage validates all of params.yaml first: even ingest refuses a bad ``lr``."""

@@ -7,6 +7,9 @@ that shares ``model.weights`` and ``model.frozen_convs`` reuses the same stored 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import os
 from pathlib import Path
 
@@ -91,6 +94,29 @@ def prepare_trunk(frozen: nn.Module, device: torch.device, dtype: torch.dtype) -
     return frozen.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is none (macOS, musl, Windows)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``; else a no-op).
+
+    Activations of 6-26 MB per layer are allocated and freed on every batch; glibc keeps
+    freed pages, and without trimming the resident set crept up (1.1 to 1.7 GB over 40
+    batches; a 3.6 GB peak over the 638 batches of the full dataset). Trimming after each
+    batch keeps it flat at no measurable cost (bench/).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class ImageTensors(Dataset):
     """uint8 HWC tensors from any ``store[i] -> ndarray`` (JPEG decode happens in workers)."""
 
@@ -160,6 +186,8 @@ def featurize(store, frozen: nn.Module, out_path: str | os.PathLike, *,
                 x = x.to(dtype=dtype, memory_format=torch.channels_last)
                 y = frozen(x).to(out_dtype)
                 writer.append(y.contiguous().cpu().numpy())
+                del x, y
+                release_free_memory()
         finally:
             writer.handle.close()
         writer.close()

@@ -115,7 +115,8 @@ def test_queue_commands_pass_overrides_through():
     commands = queue_commands(["model.frozen_convs=13"])
     assert len(commands) == 14
     assert commands[6] == ["dvc", "exp", "run", "--queue", "-n", "g7", "-S", "labels=attrs20",
-                           "-S", "k=2", "-S", "lr=1e-06", "-S", "model.frozen_convs=13"]
+                           "-S", "k=2", "-S", "lr=1e-06", "-S", "model.frozen_convs=13",
+                           "evaluate"]
 
 
 def test_report_says_which_rows_have_not_run():

@@ -102,7 +102,7 @@ def _poll(root: psutil.Process, stats: RunStats) -> None:
     """One look at the tree under ``root``: update every running stage's figures."""
     now = time.perf_counter()
     try:
-        procs = root.children(recursive=True)
+        procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
     stage_of = {p.pid: _stage_of(p) for p in procs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -158,10 +159,47 @@ def fullscale_section(fs: dict, table: pd.DataFrame | None) -> list[str]:
     return lines
 
 
+def stage_lines(name: str, title: str) -> list[str]:
+    """One line for a bench/stage.py result, if present."""
+    path = BENCH / f"stage-{name}.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    s = r["stages"].get(name, {})
+    return [f"- **{title}** (`bench/stage.py {name}`, finished {r['finished']}): "
+            f"{r['seconds']:.0f} s, peak RSS {s.get('peak_rss_gib', 0):.2f} GiB, peak PSS of the "
+            f"process tree {s.get('peak_tree_pss_gib', 0):.2f} GiB, load mean "
+            f"{r['load_mean']} / max {r['load_max']:.1f}."]
+
+
+def epoch_lines() -> list[str]:
+    """One line per bench/epoch.py result present."""
+    lines = []
+    for fc in (13, 12):
+        path = BENCH / f"epoch-{fc}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            per_epoch = ", ".join(f"{x:.1f}" for x in r["seconds_per_epoch"])
+            lines.append(
+                f"- **Seconds per epoch, frozen_convs={fc}** (`bench/epoch.py`, "
+                f"{r['train_rows']} train + {r['test_rows']} test rows of the real shape, "
+                f"{r['precision']}, rows {'in memory' if r['in_memory'] else 'memory-mapped'}): "
+                f"**{per_epoch} s** (train pass + test predictions), peak RSS "
+                f"{r['peak_rss_gib']:.2f} GiB, load {', '.join(f'{x:.1f}' for x in r['load'])}.")
+    return lines
+
+
+def more_section() -> list[str]:
+    lines = (stage_lines("featurize", "featurize re-run at full scale with the final code")
+             + stage_lines("index", "Search index stage, once, at full scale")
+             + epoch_lines())
+    return ["## More full-scale measurements", "", *lines, ""] if lines else []
+
+
 def extra_sections() -> list[str]:
-    """Hand-written notes (profile, gaps) kept in bench/notes.md, if present."""
-    notes = BENCH / "notes.md"
-    return [notes.read_text(), ""] if notes.exists() else []
+    """Hand-written notes (changes, gaps) from bench/notes.md, then bench/profile.md."""
+    return [f"{(BENCH / name).read_text()}\n" for name in ("notes.md", "profile.md")
+            if (BENCH / name).exists()]
 
 
 def render(results: dict, fullscale: dict | None, table: pd.DataFrame | None) -> str:
@@ -173,5 +211,5 @@ def render(results: dict, fullscale: dict | None, table: pd.DataFrame | None) ->
     lines += throughput_section(results) + recompute_section(results)
     if fullscale and "repro" in fullscale:
         lines += fullscale_section(fullscale, table)
-    lines += extra_sections()
+    lines += more_section() + extra_sections()
     return "\n".join(lines)

@@ -276,7 +276,7 @@ def stored_vs_recompute(ingested: Path, store, split_csv: Path, work: Path, froz
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archive", required=True, type=Path)
+    parser.add_argument("--archive", type=Path)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fashiondvc-bench"))
     parser.add_argument("--photos", type=int, default=48,
                         help="photos of the archive augmented for items 1-2 (x11 images)")
@@ -290,11 +290,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--fullscale", type=Path, default=BENCH / "fullscale.json")
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="only rewrite results.md from results.json and the other files")
     return parser.parse_args()
+
+
+def write_report(results: dict, args: argparse.Namespace) -> None:
+    """results.md from ``results`` and, when present, the full-scale run's files."""
+    fullscale = json.loads(args.fullscale.read_text()) if args.fullscale.exists() else None
+    metrics = BENCH / "fullscale_metrics.csv"
+    table = pd.read_csv(metrics) if metrics.exists() else None
+    text = report.render(results, fullscale, table)
+    args.out.write_text(text)
+    print(text)
 
 
 def main() -> None:
     args = parse_args()
+    if args.render_only:
+        write_report(json.loads((BENCH / "results.json").read_text()), args)
+        return
+    if args.archive is None:
+        raise SystemExit("--archive is required (except with --render-only)")
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "precision": args.precision,
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -309,12 +326,7 @@ def main() -> None:
         stored_vs_recompute(ingested, store, split_csv, args.work, fc, args) for fc in (13, 12)]
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    fullscale = json.loads(args.fullscale.read_text()) if args.fullscale.exists() else None
-    metrics = BENCH / "fullscale_metrics.csv"
-    table = pd.read_csv(metrics) if metrics.exists() else None
-    text = report.render(results, fullscale, table)
-    args.out.write_text(text)
-    print(text)
+    write_report(results, args)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ COMPARED = (
     ("test_loss", "test_loss"),
     ("test_accuracy", "accuracy_keras"),
 )
+#: Settings the paper's rows share, reported with the table so nobody mistakes what ran.
+SETTINGS = ("model.weights", "model.frozen_convs", "train.epochs", "augment.copies",
+            "augment.image_size", "split.group_by_source")
 DUPLICATE_NOTE = ("g13 and g14 have identical settings (20 labels, k = 10, lr = 1e-7) but "
                   "different results in the paper (F1 0.44 vs 0.43, test loss 15.03 vs 33.65, "
                   "accuracy 0.34 vs 0.07): the paper's runs were not reproducible.")
@@ -70,15 +73,20 @@ def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.Path
 
 
 def finished_experiments(repo: str | os.PathLike = ".") -> pd.DataFrame:
-    """Metrics and table knobs of every finished experiment, one row per experiment name."""
+    """Metrics and table knobs of every finished experiment, one row per experiment name.
+
+    Experiments of every commit on the current branch count (the table may have been run
+    before the latest commit); of two with the same name, the newest wins.
+    """
     import dvc.api
 
-    rows = [row for row in dvc.api.exp_show(repo=str(repo))
+    rows = [row for row in dvc.api.exp_show(repo=str(repo), num=-1)
             if row.get("Experiment") and row.get("typ") != "baseline"
             and row.get("State") in (None, "Success") and row.get("f1_micro") is not None]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["Experiment"])
+    frame = frame.sort_values("Created", ascending=False, na_position="last", kind="stable")
     return frame.drop_duplicates("Experiment", keep="first").set_index("Experiment")
 
 
@@ -98,7 +106,17 @@ def compare(results: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def to_markdown(comparison: pd.DataFrame) -> str:
+def shared_settings(results: pd.DataFrame, rows: Sequence[str]) -> dict[str, str]:
+    """The values of `SETTINGS` over the experiments named ``rows`` (comma-joined if several)."""
+    done = results.loc[[r for r in rows if r in results.index]]
+    def text(value: object) -> str:  # exp_show reports integers as floats
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return {key: ", ".join(sorted({text(v) for v in done[key].dropna()}))
+            for key in SETTINGS if key in done.columns and len(done)}
+
+
+def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None) -> str:
     """The comparison as a Markdown table with the notes a reader needs."""
     header = ("| row | y | k | lr | F1 (train+test) paper / ours | train loss paper / ours | "
               "test loss paper / ours | test acc. paper / ours (Keras-style) | "
@@ -129,6 +147,9 @@ def to_markdown(comparison: pd.DataFrame) -> str:
         "truth equals argmax of prediction); ours in that column is computed the same way.",
         DUPLICATE_NOTE,
     ]
+    if settings:
+        notes.insert(1, "Our rows ran with " + ", ".join(f"`{k}` = {v}"
+                                                        for k, v in settings.items()) + ".")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 
@@ -161,9 +182,11 @@ def plot(comparison: pd.DataFrame, path: str | os.PathLike) -> None:
 def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports") -> Path:
     """Write ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    comparison = compare(finished_experiments(repo))
+    results = finished_experiments(repo)
+    comparison = compare(results)
+    settings = shared_settings(results, comparison["row"])
     write_csv(out_dir / "paper_table.csv", comparison)
     with atomic_path(out_dir / "paper_table.md") as tmp:
-        tmp.write_text("# The paper's table, reproduced\n\n" + to_markdown(comparison))
+        tmp.write_text("# The paper's table, reproduced\n\n" + to_markdown(comparison, settings))
     plot(comparison, out_dir / "paper_table.png")
     return out_dir / "paper_table.md"

@@ -59,6 +59,7 @@ def test_two_experiments_make_two_runs_and_a_report(pipeline_repo):
         g2.data.metrics["test_loss"])
     assert table["status"].tolist().count("done") == 2
     assert "not run yet" in report and "2 of 14 rows" in report
+    assert "`model.weights` = random" in report and "`model.frozen_convs` = 13" in report
     assert (repo / "reports" / "paper_table.png").stat().st_size > 5000
 
 

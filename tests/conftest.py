@@ -45,15 +45,23 @@ def set_params(params_file: Path, overrides: dict) -> None:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(command: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command with the test interpreter's bin/ first on PATH; return the result."""
+def run(command: list[str], cwd: Path, check: bool = True, capture: bool = True,
+        **kwargs) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's bin/ first on PATH; return the result.
+
+    ``capture=False`` discards the output instead: needed for commands that leave daemons
+    behind (``dvc queue start``), which would hold a captured pipe open for their lifetime.
+    """
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", **kwargs.pop("env", {})}
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    output = {"capture_output": True} if capture else {
+        "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    kwargs.setdefault("timeout", 1800)
+    result = subprocess.run(command, cwd=cwd, env=env, text=True, **output, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+                             f"{(result.stdout or '')[-4000:]}\n{(result.stderr or '')[-4000:]}")
     return result
 
 

@@ -68,7 +68,7 @@ def test_four_queued_experiments_in_parallel_make_four_runs(pipeline_repo):
     commit_baseline(repo)
     for i, k in enumerate((1.5, 3, 4, 6)):
         run(["dvc", "exp", "run", "--queue", "-n", f"q{i}", "-S", f"k={k}"], repo)
-    run(["dvc", "queue", "start", "-j", "2"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo, capture=False)
     deadline = time.time() + 900
     while time.time() < deadline:
         status = run(["dvc", "queue", "status"], repo).stdout

@@ -6,7 +6,7 @@ Writes a float16 ``.npy`` of 20412 rows of the trunk's output shape for ``--froz
 (random values: the time of a training step does not depend on them; 4.1 GB for 12), splits it
 2:1 like the pipeline, and times `fit` through the same `FeatureSet` data path as the train
 stage (rows in memory when they fit 1.5 GiB, else memory-mapped). Prints seconds per epoch,
-the peak resident memory and the load average, and writes ``bench/epoch-<fc>.json``.
+the peak resident memory and the load average, and writes ``bench/epoch-<fc>-<precision>.json``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def main() -> None:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "load": loads,
     }
-    (BENCH / f"epoch-{args.frozen_convs}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = BENCH / f"epoch-{args.frozen_convs}-{args.precision}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -175,10 +175,10 @@ def stage_lines(name: str, title: str) -> list[str]:
 def epoch_lines() -> list[str]:
     """One line per bench/epoch.py result present."""
     lines = []
-    for fc in (13, 12):
-        path = BENCH / f"epoch-{fc}.json"
-        if path.exists():
-            r = json.loads(path.read_text())
+    for path in sorted(BENCH.glob("epoch-*.json"), reverse=True):
+        r = json.loads(path.read_text())
+        fc = r["frozen_convs"]
+        if True:
             per_epoch = ", ".join(f"{x:.1f}" for x in r["seconds_per_epoch"])
             lines.append(
                 f"- **Seconds per epoch, frozen_convs={fc}** (`bench/epoch.py`, "

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gpu.py --archive /path/to/ClothingAttributeDataset.zip
 
-Runs the library functions the stages call (no DVC): ingest, augment (10 copies: 20412 images
+Runs the library functions the stages call (no DVC): ingest, augment (10 copies: 20416 images
 at 224x224), split, featurize on CUDA, then `fit` for one row of the paper's table on CUDA.
 Prints featurize images/s and seconds per epoch, and writes them to ``--out`` (JSON). Not run
 in the session that wrote it: no GPU was lent to it (see bench/results.md).

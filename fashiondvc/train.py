@@ -199,7 +199,7 @@ def predict(net: nn.Module, data: DataLoader, device: torch.device,
     """Sigmoid probabilities for every row of ``data``, in order."""
     net.eval()
     chunks = []
-    for x, *_ in data:
+    for x, *_ in tqdm(data, desc="predict", unit="batch", leave=False, disable=None):
         with autocast(device, precision):
             logits = net(x.to(device))
         chunks.append(torch.sigmoid(logits.float()).cpu().numpy())

@@ -152,17 +152,17 @@ class Featurizer:
     def __init__(self, net, config: dict, frozen=None, precision: str = "fp32"):
         import torch
 
-        from fashiondvc.features import PRECISIONS
+        from fashiondvc.features import compute_dtype, prepare_trunk
         from fashiondvc.model import load_vgg16, split_vgg
 
-        if precision not in PRECISIONS:
-            raise FashionError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
+        cpu = torch.device("cpu")
+        self.dtype = compute_dtype(cpu, precision)  # validates precision too
         self.net, self.config, self.precision = net.eval(), config, precision
         self.labels = list(config["labels"])
         self.image_size = int(config["image_size"])
         if frozen is None:
             frozen, _ = split_vgg(load_vgg16(config["weights"]), config["frozen_convs"])
-        self.frozen = frozen.eval().to(memory_format=torch.channels_last)
+        self.frozen = prepare_trunk(frozen, cpu, self.dtype)  # exactly as featurize runs it
 
     @classmethod
     def from_file(cls, model_path: str | os.PathLike, precision: str = "fp32") -> Featurizer:
@@ -177,14 +177,12 @@ class Featurizer:
         import torch
 
         from fashiondvc.augment import resize
-        from fashiondvc.features import autocast
         from fashiondvc.model import normalize
 
         arrays = [np.asarray(resize(image, self.image_size)) for image in images]
         with torch.inference_mode():
             x = normalize(torch.from_numpy(np.stack(arrays)))
-            with autocast(torch.device("cpu"), self.precision):
-                trunk = self.frozen(x.contiguous(memory_format=torch.channels_last))
+            trunk = self.frozen(x.to(dtype=self.dtype, memory_format=torch.channels_last))
             embedded = self.net.embed(trunk.float().contiguous())
             probs = torch.sigmoid(self.net.out(embedded))
         return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())

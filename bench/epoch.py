@@ -26,8 +26,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from fashiondvc.features import NpyWriter, load_features  # noqa: E402
-from fashiondvc.model import build_net, feature_shape  # noqa: E402
+from fashiondvc.net import build_net  # noqa: E402
 from fashiondvc.train import FeatureSet, TrainConfig, fit  # noqa: E402
+from fashiondvc.trunk import feature_shape  # noqa: E402
 
 N_IMAGES, N_LABELS = 20412, 20
 

@@ -23,13 +23,16 @@ import torch
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from fashiondvc.augment import ImageStore, augment_folder  # noqa: E402
-from fashiondvc.dataset import ingest, read_ingested, resolve_label_set  # noqa: E402
+from fashiondvc.augment import augment_folder  # noqa: E402
+from fashiondvc.dataset import ingest, read_ingested  # noqa: E402
 from fashiondvc.features import featurize  # noqa: E402
-from fashiondvc.model import build_net, feature_shape, load_vgg16, split_vgg  # noqa: E402
+from fashiondvc.labels import resolve_label_set  # noqa: E402
+from fashiondvc.net import build_net  # noqa: E402
 from fashiondvc.paper import paper_table  # noqa: E402
 from fashiondvc.split import split_test_mask  # noqa: E402
+from fashiondvc.store import ImageStore  # noqa: E402
 from fashiondvc.train import FeatureSet, TrainConfig, fit, load_splits  # noqa: E402
+from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg  # noqa: E402
 
 
 def prepare_data(archive: Path, work: Path, photos: int | None) -> tuple[Path, Path, Path]:

@@ -20,8 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from fashiondvc.features import compute_dtype, prepare_trunk  # noqa: E402
-from fashiondvc.model import load_vgg16, split_vgg  # noqa: E402
+from fashiondvc.runtime import compute_dtype, prepare_trunk  # noqa: E402
+from fashiondvc.trunk import load_vgg16, split_vgg  # noqa: E402
 
 
 def conv_flops(shapes: list) -> float:

@@ -34,24 +34,18 @@ sys.path.insert(0, str(BENCH.parent))
 
 import report  # noqa: E402
 
-from fashiondvc.augment import ImageStore, augment_folder  # noqa: E402
-from fashiondvc.dataset import ingest, read_ingested, resolve_label_set  # noqa: E402
+from fashiondvc.augment import augment_folder  # noqa: E402
+from fashiondvc.dataset import ingest, read_ingested  # noqa: E402
 from fashiondvc.evaluate import evaluate  # noqa: E402
-from fashiondvc.features import (  # noqa: E402
-    autocast,
-    compute_dtype,
-    featurize,
-    prepare_trunk,
-)
-from fashiondvc.model import (  # noqa: E402
-    build_net,
-    feature_shape,
-    load_vgg16,
-    normalize,
-    split_vgg,
-)
+from fashiondvc.features import featurize
+from fashiondvc.labels import resolve_label_set  # noqa: E402
+from fashiondvc.net import build_net
+from fashiondvc.preprocess import normalize
+from fashiondvc.runtime import autocast, compute_dtype, prepare_trunk
 from fashiondvc.split import split_test_mask  # noqa: E402
+from fashiondvc.store import ImageStore  # noqa: E402
 from fashiondvc.train import Splits, TrainConfig, fit, load_splits  # noqa: E402
+from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
 
 IMAGE_SIZE = 224
 LABELS = "attrs20"

@@ -1,17 +1,14 @@
-"""Deterministic augmentation, and the sharded JPEG store the augmented images live in.
+"""Deterministic augmentation: each photo -> its resized original plus random variants.
 
 Every source photo becomes copy 0 (the photo resized) plus ``copies`` random variants. A variant
 depends only on ``(seed, image_id, copy)``, so the result does not depend on worker count or order.
 Colour is never jittered in hue: the colour attributes must stay true.
 
-The store is a folder with ``index.csv`` (one row per image: ``index, image_id, copy, shard,
-offset, length``) and a few ``shard-NNNNN.bin`` files of concatenated JPEG bytes, because DVC
-handles a few large files far better than 20k small ones.
+The result is written as an image store (`fashiondvc.store`).
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -22,17 +19,10 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 from tqdm.auto import tqdm
 
-from fashiondvc.dataset import load_rgb
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, write_csv
-
-JPEG_QUALITY = 92
-SHARD_IMAGES = 4096
-
-
-def resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize to ``size`` x ``size`` (squashing the aspect ratio, as the paper does)."""
-    return image.resize((size, size), Image.Resampling.BILINEAR)
+from fashiondvc.preprocess import encode_jpeg, load_rgb, resize
+from fashiondvc.store import ShardWriter
 
 
 def random_variant(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -59,12 +49,7 @@ def variants(data: bytes, name: str, image_id: int, copies: int, size: int,
     for copy in range(1, copies + 1):
         rng = np.random.default_rng([seed, image_id, copy])
         out.append(random_variant(image, size, rng))
-    encoded = []
-    for variant in out:
-        buffer = io.BytesIO()
-        variant.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [encode_jpeg(variant) for variant in out]
 
 
 def _variants_of_file(args: tuple[Path, int, int, int, int]) -> list[bytes]:
@@ -130,66 +115,3 @@ class _Pool:
     def __exit__(self, *exc: object) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
-
-
-class ShardWriter:
-    """Append JPEG bytes to ``shard-NNNNN.bin`` files of at most `SHARD_IMAGES` images each."""
-
-    def __init__(self, folder: Path, shard_images: int = SHARD_IMAGES):
-        self.folder, self.shard_images = folder, shard_images
-        self.count, self.handle, self.offset = 0, None, 0
-
-    def append(self, data: bytes) -> tuple[int, int]:
-        shard = self.count // self.shard_images
-        if self.count % self.shard_images == 0:
-            self.close()
-            self.handle = open(self.folder / f"shard-{shard:05d}.bin", "wb")  # noqa: SIM115
-            self.offset = 0
-        offset = self.offset
-        self.handle.write(data)
-        self.offset += len(data)
-        self.count += 1
-        return shard, offset
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ImageStore:
-    """Read access to an augmented store: ``len(store)``, ``store[i]`` -> RGB uint8 array (H, W, 3).
-
-    Shards are memory-mapped lazily, so a store can be handed to DataLoader workers cheaply.
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        index_path = self.folder / "index.csv"
-        if not index_path.exists():
-            raise FashionError(f"{index_path} does not exist: run the augment stage first")
-        self.index = pd.read_csv(index_path)
-        self._location = self.index[["shard", "offset", "length"]].to_numpy()
-        self._shards: dict[int, np.memmap] = {}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def jpeg(self, i: int) -> bytes:
-        shard, offset, length = (int(v) for v in self._location[i])
-        if shard not in self._shards:
-            self._shards[shard] = np.memmap(self.folder / f"shard-{shard:05d}.bin", mode="r")
-        return self._shards[shard][offset:offset + length].tobytes()
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        with Image.open(io.BytesIO(self.jpeg(i))) as image:
-            return np.array(image.convert("RGB"))
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_shards": {}}

@@ -12,3 +12,13 @@ OPTIMIZERS = ("adam", "sgd")
 N_CONVS = 13
 #: ``model.weights`` keywords (anything else must be a state_dict file).
 WEIGHT_CHOICES = ("imagenet", "random")
+#: ``model.head``: the paper's flatten head, global-average-pooled, or pooled at every scale.
+HEADS = ("flatten", "gap", "multiscale")
+#: ``train.loss``: weighted binary cross-entropy (the paper), focal, asymmetric.
+LOSSES = ("wbce", "focal", "asl")
+#: ``train.pos_weight``: ``k`` for every label (the paper), or per label from its frequency.
+POS_WEIGHTS = ("k", "frequency")
+#: ``train.select``: the last epoch (the paper), or the best by validation mAP.
+SELECTIONS = ("last", "best")
+#: ``evaluate.thresholds``: ``evaluate.threshold`` for every label, or tuned per label.
+THRESHOLDS = ("fixed", "tuned")

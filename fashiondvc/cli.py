@@ -64,7 +64,8 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
 def _paper_queue(args: argparse.Namespace) -> None:
     from fashiondvc.paper import queue
 
-    queue(args.set_param, force=args.force)
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    queue(args.set_param, force=args.force, rows=rows, suffix=args.suffix, beyond=args.beyond)
 
 
 def _paper_report(args: argparse.Namespace) -> None:
@@ -72,7 +73,8 @@ def _paper_report(args: argparse.Namespace) -> None:
 
     path = report(".", args.out)
     print(path.read_text())
-    print(f"wrote {path}, {path.with_suffix('.csv')} and {path.with_suffix('.png')}")
+    print(f"wrote {path}, {path.with_suffix('.csv')}, {path.with_suffix('.png')} and "
+          f"{path.parent / 'variants.csv'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                        help="extra override for every row, e.g. -S train.epochs=5")
     queue.add_argument("-f", "--force", action="store_true",
-                       help="replace existing experiments named g1..g14")
+                       help="replace existing experiments of the same names")
+    queue.add_argument("--rows", default="", help="only these rows, e.g. g2,g8")
+    queue.add_argument("--suffix", default="",
+                       help="appended to each name, e.g. -leak with -S split.group_by_source=false")
+    queue.add_argument("--beyond", action="store_true",
+                       help="queue the beyond-the-paper recipe (one per label set) instead")
     queue.set_defaults(handler=_paper_queue)
-    report = paper_commands.add_parser("report", help="write reports/paper_table.{md,csv,png}")
-    report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report = paper_commands.add_parser("report",
+                                       help="write reports/latest/paper_table.{md,csv,png}")
+    report.add_argument("--out", default="reports/latest",
+                        help="output folder (default: reports/latest; the committed reference "
+                             "results are in reports/real-weights)")
     report.set_defaults(handler=_paper_report)
     _add_search_commands(commands)
     return parser

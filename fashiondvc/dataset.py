@@ -15,104 +15,21 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.io
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file, write_csv, write_json
+from fashiondvc.labels import ATTRIBUTES, N_CLASSES
+from fashiondvc.preprocess import load_rgb
 
-COLOURS = (
-    "red", "yellow", "green", "cyan", "blue", "purple", "brown", "white", "gray", "black",
-    "many_colors",
-)
-PATTERNS = (
-    "pattern_solid", "pattern_floral", "pattern_spot", "pattern_graphics", "pattern_plaid",
-    "pattern_stripe",
-)
-BINARY_ATTRIBUTES = (
-    "necktie", "collar", "gender", "placket", "skin_exposure", "scarf", *PATTERNS, *COLOURS,
-)
-#: Multi-class attributes and their number of classes.
-MULTICLASS_ATTRIBUTES = {"sleevelength": 3, "neckline": 3, "category": 7}
-ATTRIBUTES = (*BINARY_ATTRIBUTES, *MULTICLASS_ATTRIBUTES)
-N_CLASSES = {**dict.fromkeys(BINARY_ATTRIBUTES, 2), **MULTICLASS_ATTRIBUTES}
-
-#: Named label sets. ``attrs20`` drops gender and skin_exposure (they describe the wearer, not
-#: the clothes) and placket (rarely visible in street photos); the paper does not list its 20.
-LABEL_SETS: dict[str, tuple[str, ...]] = {
-    "colors11": COLOURS,
-    "attrs20": tuple(
-        a for a in BINARY_ATTRIBUTES if a not in {"gender", "skin_exposure", "placket"}
-    ),
-    "binary23": BINARY_ATTRIBUTES,
-}
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 #: Largest archive member read into memory (real images are under 1 MB, labels under 50 kB).
 MAX_MEMBER_BYTES = 256 * 2**20
-
-
-def resolve_label_set(labels: str | Sequence[str]) -> list[str]:
-    """Return the attribute names a ``labels`` parameter stands for.
-
-    Parameters
-    ----------
-    labels : str or sequence of str
-        A named set (``colors11``, ``attrs20``, ``binary23``), a single attribute name, or a list
-        of binary attribute names.
-
-    Raises
-    ------
-    FashionError
-        For unknown names, multi-class attributes, duplicates or an empty set.
-    """
-    if isinstance(labels, str):
-        if labels in LABEL_SETS:
-            return list(LABEL_SETS[labels])
-        labels = [labels]
-    if not isinstance(labels, (list, tuple)) or not all(isinstance(n, str) for n in labels):
-        raise FashionError(f"labels: expected a set name or a list of attribute names, "
-                           f"got {labels!r}")
-    names = list(labels)
-    if not names:
-        raise FashionError("labels: the label set is empty")
-    for name in names:
-        if name in MULTICLASS_ATTRIBUTES:
-            raise FashionError(
-                f"labels: {name!r} is multi-class; only binary attributes can be predicted"
-            )
-        if name not in BINARY_ATTRIBUTES:
-            known = ", ".join([*LABEL_SETS, *BINARY_ATTRIBUTES])
-            raise FashionError(f"labels: unknown label {name!r} (known: {known})")
-    if len(set(names)) != len(names):
-        raise FashionError(f"labels: duplicate names in {names}")
-    return names
-
-
-def binary_targets(table: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Targets (1 = yes) and an observed-mask for binary attributes coded 1 = no, 2 = yes.
-
-    Returns
-    -------
-    targets : ndarray of float32, shape (n_images, n_labels)
-        1.0 where the attribute is present, 0.0 where absent or missing.
-    mask : ndarray of bool, shape (n_images, n_labels)
-        True where the label was observed (not NaN).
-    """
-    missing = [name for name in names if name not in table.columns]
-    if missing:
-        raise FashionError(f"labels: the archive has no attribute {missing[0]!r}")
-    values = table[list(names)].to_numpy(dtype=np.float64)
-    mask = ~np.isnan(values)
-    targets = np.where(mask, values == 2, False).astype(np.float32)
-    return targets, mask
 
 
 # --------------------------------------------------------------------------- archive access
@@ -259,36 +176,6 @@ def image_member(image_id: int) -> str:
     return f"images/{image_id:06d}.jpg"
 
 
-def load_rgb(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully into an 8-bit RGB image, upright.
-
-    Greyscale, palette, CMYK and alpha images convert to RGB; 16-bit greyscale maps 0..65535 to
-    0..255 (32-bit integer images are read as 16-bit values); an EXIF orientation is applied, as
-    photo viewers do.
-
-    Raises
-    ------
-    FashionError
-        If the bytes are not a decodable image (truncated, not an image at all, or so large
-        that Pillow refuses it as a decompression bomb).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray(np.clip(np.round(array / 257), 0, 255).astype(np.uint8),
-                                        "L")
-            else:
-                image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except UnidentifiedImageError:  # its message holds a memory address: not reproducible
-        raise FashionError(f"{name}: not a readable image (not an image format Pillow "
-                           "knows)") from None
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise FashionError(f"{name}: not a readable image ({exc})") from None
-
-
 # --------------------------------------------------------------------------- download
 
 
@@ -347,17 +234,6 @@ class IngestReport:
     missing: dict[str, int]
     archive_sha256: str
     skipped: list[dict[str, str]] = field(default_factory=list)
-
-
-def resolve_archive(archive: str | os.PathLike, url: str | None, sha256: str | None) -> Path:
-    """The local archive to ingest: ``archive`` if present, else downloaded there from ``url``."""
-    archive = Path(archive)
-    if archive.exists():
-        return archive
-    if not url:
-        raise FashionError(f"data.archive: {archive} does not exist and data.url is empty")
-    print(f"{archive} not found: downloading {url}")
-    return download(url, archive, sha256)
 
 
 def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -431,13 +307,3 @@ def read_ingested(folder: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise FashionError(f"{path} does not exist: run the ingest stage first")
     return pd.read_csv(path)
-
-
-def targets_for(table: pd.DataFrame, image_ids: Sequence[int], names: Sequence[str]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """`binary_targets` for a sequence of image ids (augmented copies repeat their photo's)."""
-    by_id = table.set_index("image_id")
-    unknown = set(image_ids) - set(by_id.index)
-    if unknown:
-        raise FashionError(f"labels.csv: no labels for image {min(unknown)}")
-    return binary_targets(by_id.loc[list(image_ids)].reset_index(), names)

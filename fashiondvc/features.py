@@ -1,15 +1,26 @@
-"""Run the frozen VGG-16 trunk once over every image and stream its output to a ``.npy`` file.
+"""The stored features: the frozen trunk run once over every image, written and read back.
 
 VGG-16 has no batch norm, so the frozen trunk is a pure function of the image: every experiment
 that shares ``model.weights`` and ``model.frozen_convs`` reuses the same stored features.
+
+A features folder holds
+
+``features.npy``
+    The trunk's output, shape ``(n_images, C, H, W)``, float16 (float32 for ``fp32`` runs).
+``side.npy``
+    Global average and global max of every max-pool output *inside* the trunk (pool1..pool4
+    for ``frozen_convs`` 10..13), shape ``(n_images, 2 * sum(channels))``, float32: colour and
+    texture at finer scales for heads that want them (``model.head: multiscale``). 1920 values
+    (7.5 KB) per image.
+``meta.json``
+    Shapes and the settings that produced them.
+
+This module owns the format: `featurize` writes it, `read_rows` and `load_features` read it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
-import functools
+import mmap
 import os
 from pathlib import Path
 
@@ -19,51 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from fashiondvc.choices import PRECISIONS
 from fashiondvc.errors import FashionError
-from fashiondvc.io import atomic_path
-from fashiondvc.model import normalize
-
-
-def resolve_device(device: str, param: str = "train.device") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to `torch.device`.
-
-    ``param`` names the parameter in error messages.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise FashionError(f"{param}: {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FashionError(f"{param}: {device!r} requested but CUDA is not available")
-    return resolved
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for ``precision`` on ``device`` (a no-op for fp32).
-
-    bf16 on a CPU without native bf16 support would be emulated and slower than fp32, so it
-    falls back to fp32 there; fp16 is only used on CUDA.
-    """
-    if precision not in PRECISIONS:
-        raise FashionError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if device.type == "cpu":
-        if precision == "bf16" and cpu_supports_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN can run bf16 natively on this CPU (AVX-512 BF16 or AMX)."""
-    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and (
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+from fashiondvc.preprocess import normalize
+from fashiondvc.runtime import compute_dtype, prepare_trunk, release_free_memory, resolve_device
 
 
 def storage_dtype(precision: str) -> np.dtype:
@@ -71,51 +40,36 @@ def storage_dtype(precision: str) -> np.dtype:
     return np.dtype(np.float32 if precision == "fp32" else np.float16)
 
 
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """The dtype the frozen trunk runs in: what `autocast` would pick, as a plain dtype.
+def side_width(frozen: nn.Module) -> int:
+    """Width of a ``side.npy`` row for this trunk: 2 x the channels of each inner max-pool."""
+    return 2 * sum(_pool_channels(frozen))
 
-    bf16 needs CUDA or a CPU with native bf16; fp16 needs CUDA; otherwise fp32.
+
+def _pool_channels(frozen: nn.Module) -> list[int]:
+    channels, out = 3, []
+    layers = list(frozen)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            channels = layer.out_channels
+        elif isinstance(layer, nn.MaxPool2d) and i < len(layers) - 1:
+            out.append(channels)
+    return out
+
+
+def run_trunk(frozen: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(trunk output, side features)`` of a normalised batch.
+
+    Side features: per inner max-pool, the global average then the global max over H, W, in
+    layer order; shape ``(n, side_width(frozen))``, float32.
     """
-    if precision not in PRECISIONS:
-        raise FashionError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "bf16" and (device.type == "cuda" or cpu_supports_bf16()):
-        return torch.bfloat16
-    if precision == "fp16" and device.type == "cuda":
-        return torch.float16
-    return torch.float32
-
-
-def prepare_trunk(frozen: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Move the frozen trunk (in place) to ``device``, channels_last, weights cast to ``dtype``.
-
-    Casting the weights once instead of autocast skips re-casting every weight on every batch
-    and halves the trunk's weight memory; on an idle 2-core AVX-512-BF16 CPU it is within
-    noise of autocast (24.2 vs 23.6 images/s for the 13-conv trunk, fp32: 12.5; bench/).
-    """
-    return frozen.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where there is none (macOS, musl, Windows)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``; else a no-op).
-
-    Activations of 6-26 MB per layer are allocated and freed on every batch; glibc keeps
-    freed pages, and without trimming the resident set crept up (1.1 to 1.7 GB over 40
-    batches; a 3.6 GB peak over the 638 batches of the full dataset). Trimming after each
-    batch keeps it flat at no measurable cost (bench/).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    layers = list(frozen)
+    side = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if isinstance(layer, nn.MaxPool2d) and i < len(layers) - 1:
+            side += [x.float().mean(dim=(2, 3)), x.float().amax(dim=(2, 3))]
+    empty = torch.zeros(len(x), 0)
+    return x, (torch.cat(side, dim=1) if side else empty)
 
 
 class ImageTensors(Dataset):
@@ -162,14 +116,15 @@ class NpyWriter:
 
 
 @torch.inference_mode()
-def featurize(store, frozen: nn.Module, out_path: str | os.PathLike, *,
+def featurize(store, frozen: nn.Module, out_dir: str | os.PathLike, *,
               feature_shape: tuple[int, int, int], batch_size: int = 32, workers: int = 2,
               precision: str = "bf16", device: str = "auto") -> Path:
-    """Write the frozen trunk's output for every image of ``store`` to ``out_path`` (``.npy``).
+    """Write ``features.npy`` and ``side.npy`` for every image of ``store`` into ``out_dir``.
 
-    The array has shape ``(len(store), *feature_shape)`` (float16, or float32 for fp32) and is
-    streamed to a temporary file that is renamed at the end: peak memory is a few batches,
-    whatever the dataset. ``frozen`` is moved and cast in place (see `prepare_trunk`).
+    Rows follow the store's order. ``features.npy`` has shape ``(len(store), *feature_shape)``
+    (float16, or float32 for fp32); both files are streamed, so peak memory is a few batches
+    whatever the dataset. ``frozen`` is moved and cast in place (see `prepare_trunk`). The
+    caller makes ``out_dir`` atomic.
     """
     target = resolve_device(device, "featurize.device")
     dtype = compute_dtype(target, precision)
@@ -177,26 +132,66 @@ def featurize(store, frozen: nn.Module, out_path: str | os.PathLike, *,
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=target.type == "cuda",
                         persistent_workers=False)
-    shape = (len(store), *feature_shape)
-    with atomic_path(out_path) as tmp:
-        writer = NpyWriter(tmp, storage_dtype(precision), shape)
-        out_dtype = torch.float32 if writer.dtype == np.float32 else torch.float16
-        try:
-            for batch in tqdm(loader, desc="featurize", unit="batch", disable=None):
-                x = normalize(batch.to(target, non_blocking=True))
-                x = x.to(dtype=dtype, memory_format=torch.channels_last)
-                y = frozen(x).to(out_dtype)
-                writer.append(y.contiguous().cpu().numpy())
-                del x, y
-                release_free_memory()
-        finally:
-            writer.handle.close()
-        writer.close()
-    return Path(out_path)
+    out_dir = Path(out_dir)
+    writer = NpyWriter(out_dir / "features.npy", storage_dtype(precision),
+                       (len(store), *feature_shape))
+    side = NpyWriter(out_dir / "side.npy", np.float32, (len(store), side_width(frozen)))
+    out_dtype = torch.float32 if writer.dtype == np.float32 else torch.float16
+    try:
+        for batch in tqdm(loader, desc="featurize", unit="batch", disable=None):
+            x = normalize(batch.to(target, non_blocking=True))
+            x = x.to(dtype=dtype, memory_format=torch.channels_last)
+            y, pooled = run_trunk(frozen, x)
+            writer.append(y.to(out_dtype).contiguous().cpu().numpy())
+            side.append(pooled.cpu().numpy())
+            del x, y, pooled
+            release_free_memory()
+    finally:
+        writer.handle.close()
+        side.handle.close()
+    writer.close()
+    side.close()
+    return out_dir
+
+
+RAM_BUDGET_BYTES = 3 * 2**29
+"""A `FeatureSet` whose rows take at most this much (1.5 GiB) holds them in memory."""
+
+
+def _whole_file_map(features: np.ndarray) -> bool:
+    """Whether ``features`` is a whole ``.npy`` opened by ``np.load(mmap_mode="r")``."""
+    return (isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap)
+            and features.filename is not None and features.flags.c_contiguous
+            and hasattr(os, "preadv"))
+
+
+def read_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """``features[rows]`` as a tensor in the stored dtype.
+
+    From a memory-mapped ``.npy`` the rows are read with ``preadv``, in file order, straight
+    into the tensor: no page of the file gets mapped into this process. Reading through the
+    map instead mapped about 2 MB of file per 200 KB row (the kernel maps page-cache folios
+    whole), so a pass over a 4.1 GB feature file (``frozen_convs=12``) made this process 4 GB
+    resident; with ``preadv`` it is the rows read, and no slower (9 vs 10 ms per batch of 64).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = torch.from_numpy(np.empty((len(rows), *features.shape[1:]), dtype=features.dtype))
+    target = out.numpy()
+    if not _whole_file_map(features):
+        target[...] = features[rows]
+        return out
+    row_bytes = target[0].nbytes if len(rows) else 0
+    with open(features.filename, "rb") as handle:
+        for i in np.argsort(rows, kind="stable"):
+            offset = features.offset + int(rows[i]) * row_bytes
+            if os.preadv(handle.fileno(), [target[i]], offset) != row_bytes:
+                raise FashionError(f"{features.filename}: truncated at row {rows[i]}; "
+                                   "rerun the featurize stage")
+    return out
 
 
 def load_features(path: str | os.PathLike) -> np.ndarray:
-    """The stored features, memory-mapped read-only."""
+    """A stored ``.npy`` (features or side), memory-mapped read-only; read rows with `read_rows`."""
     path = Path(path)
     if not path.exists():
         raise FashionError(f"{path} does not exist: run the featurize stage first")

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -95,9 +96,27 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented, strict JSON, atomically.
+
+    NaN and infinities are not JSON (strict parsers, DVC Studio and browsers reject them): they
+    are written as ``null``.
+    """
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=False, allow_nan=False)
+                       + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
+        return _finite(value.item())
+    return value
 
 
 def write_csv(path: str | os.PathLike, frame: Any) -> None:
@@ -119,3 +138,17 @@ def file_identity(path: str | os.PathLike) -> str:
     """Size and modification time of a file: cheap to get, changes whenever it is rewritten."""
     stat = os.stat(path)
     return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """A user-given input path, relative paths taken from the user's repository.
+
+    Queued and ``--temp`` DVC experiments run in a copy of the repository that holds only git-
+    and DVC-tracked files; DVC sets ``DVC_ROOT`` to the user's repository. An input that is not
+    tracked (a downloaded archive, a weights file, a photo folder, ``../`` paths) is found there.
+    """
+    path = Path(path).expanduser()
+    root = os.environ.get("DVC_ROOT")
+    if path.is_absolute() or not root or path.exists():
+        return path
+    return Path(root) / path

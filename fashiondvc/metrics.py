@@ -1,7 +1,9 @@
 """Multi-label metrics that ignore missing labels.
 
 Every function takes ``y_true`` (0/1), a prediction (0/1 or probabilities) and ``mask`` (True where
-the label was observed), all of shape (n_images, n_labels).
+the label was observed), all of shape (n_images, n_labels). A ``threshold`` is a number or one per
+label, shape (n_labels,). A label never observed in a subset has no precision, recall or F1 there:
+it is left out of macro averages and reported as NaN (empty in CSV, null in JSON).
 """
 
 from __future__ import annotations
@@ -47,25 +49,35 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None = N
 
 
 def per_label(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
-              names: Sequence[str], threshold: float = 0.5) -> pd.DataFrame:
-    """Per-attribute support, precision, recall, F1, accuracy and average precision."""
+              names: Sequence[str], threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
+    """Per-attribute support, precision, recall, F1, accuracy, average precision, threshold.
+
+    ``evaluated`` is False for a label never observed in these rows: its metrics are NaN.
+    """
     y_true_b, probs, mask = _check(y_true, probs, mask)
-    tp, fp, fn = confusion(y_true_b, probs >= threshold, mask)
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (probs.shape[1],))
+    tp, fp, fn = confusion(y_true_b, probs >= thresholds, mask)
+    nan = float("nan")
     rows = []
     for j, name in enumerate(names):
         observed = mask[:, j]
         truth, scores = y_true_b[observed, j], probs[observed, j]
         has_both = 0 < truth.sum() < len(truth)
+        seen = bool(len(truth))
         rows.append({
             "attribute": name,
+            "evaluated": seen,
             "support": int(truth.sum()),
             "observed": int(observed.sum()),
-            "precision": float(tp[j] / (tp[j] + fp[j])) if tp[j] + fp[j] else 0.0,
-            "recall": float(tp[j] / (tp[j] + fn[j])) if tp[j] + fn[j] else 0.0,
-            "f1": float(_f1(tp[j], fp[j], fn[j])),
-            "accuracy": float(((scores >= threshold) == truth).mean()) if len(truth) else 0.0,
+            "threshold": float(thresholds[j]),
+            "precision": float(tp[j] / (tp[j] + fp[j])) if tp[j] + fp[j] else (0.0 if seen
+                                                                               else nan),
+            "recall": float(tp[j] / (tp[j] + fn[j])) if tp[j] + fn[j] else (0.0 if seen
+                                                                            else nan),
+            "f1": float(_f1(tp[j], fp[j], fn[j])) if seen else nan,
+            "accuracy": float(((scores >= thresholds[j]) == truth).mean()) if seen else nan,
             "average_precision": (float(average_precision_score(truth, scores)) if has_both
-                                  else float("nan")),
+                                  else nan),
         })
     return pd.DataFrame(rows)
 
@@ -83,18 +95,23 @@ def keras_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 
 def summary(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
-            threshold: float = 0.5) -> dict[str, float]:
-    """Headline metrics of one subset: micro/macro F1, accuracies, mAP."""
+            threshold: float | np.ndarray = 0.5) -> dict[str, float]:
+    """Headline metrics of one subset: micro/macro F1, accuracies, mAP.
+
+    ``f1_macro`` averages the labels observed at least once; ``mean_average_precision`` the
+    labels with both classes observed (NaN if none).
+    """
     y_true_b, probs, mask = _check(y_true, probs, mask)
-    y_pred = probs >= threshold
+    y_pred = probs >= np.asarray(threshold, dtype=np.float64)
     tp, fp, fn = confusion(y_true_b, y_pred, mask)
+    seen = mask.any(axis=0)
     correct = (y_pred == y_true_b) | ~mask
     ap = [average_precision_score(y_true_b[mask[:, j], j], probs[mask[:, j], j])
           for j in range(y_true_b.shape[1])
           if 0 < y_true_b[mask[:, j], j].sum() < mask[:, j].sum()]
     return {
         "f1_micro": float(_f1(tp.sum(), fp.sum(), fn.sum())),
-        "f1_macro": float(_f1(tp, fp, fn).mean()),
+        "f1_macro": float(_f1(tp, fp, fn)[seen].mean()) if seen.any() else float("nan"),
         "accuracy_labelwise": float((correct & mask).sum() / max(mask.sum(), 1)),
         "accuracy_exact": float(correct.all(axis=1).mean()) if len(correct) else 0.0,
         "accuracy_keras": keras_accuracy(y_true_b & mask, probs),
@@ -117,3 +134,58 @@ def pr_curves(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
                                     "precision": precision[keep]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["attribute", "recall", "precision"])
+
+
+def mean_average_precision(y_true: np.ndarray, probs: np.ndarray,
+                           mask: np.ndarray | None = None) -> float:
+    """Mean over labels (with both classes observed) of sklearn's average precision; NaN if none."""
+    return summary(y_true, probs, mask)["mean_average_precision"]
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
+                    default: float = 0.5) -> np.ndarray:
+    """Per-label decision thresholds that maximise each label's F1 on these rows.
+
+    Meant for validation rows, never test. Each threshold is the midpoint between the
+    F1-optimal score and the next lower one (so it does not sit exactly on a validation score);
+    a label without an observed positive keeps ``default``. Returns shape (n_labels,), float64.
+    """
+    y_true_b, probs, mask = _check(y_true, probs, mask)
+    out = np.full(probs.shape[1], default, dtype=np.float64)
+    for j in range(probs.shape[1]):
+        truth, scores = y_true_b[mask[:, j], j], probs[mask[:, j], j]
+        if not truth.any():
+            continue
+        precision, recall, cuts = precision_recall_curve(truth, scores)
+        p, r = precision[:-1], recall[:-1]
+        f1 = np.divide(2 * p * r, p + r, out=np.zeros(len(cuts)), where=(p + r) > 0)
+        best = int(np.argmax(f1))
+        lower = scores[scores < cuts[best]]
+        out[j] = (cuts[best] + lower.max()) / 2 if len(lower) else cuts[best] / 2
+    return out
+
+
+def frequency_baseline(train_y: np.ndarray, train_mask: np.ndarray, test_y: np.ndarray,
+                       test_mask: np.ndarray) -> dict[str, float]:
+    """Micro-F1 and mAP on test of a predictor that never looks at the image.
+
+    It scores every image with the training frequency of each label (so its AP per label is
+    the label's test prevalence) and predicts positive the labels that, always predicted, give
+    the best training micro-F1 (the most frequent ones first): the best constant predictor.
+    """
+    train_y, _, train_mask = _check(train_y, train_y, train_mask)
+    test_y, _, test_mask = _check(test_y, test_y, test_mask)
+    frequency = (train_y & train_mask).sum(0) / np.maximum(train_mask.sum(0), 1)
+    order = np.argsort(-frequency, kind="stable")
+    best_f1, best_k = 0.0, 0
+    for k in range(1, len(order) + 1):
+        chosen = np.zeros(len(order), dtype=bool)
+        chosen[order[:k]] = True
+        f1 = micro_f1(train_y, np.broadcast_to(chosen, train_y.shape), train_mask)
+        if f1 > best_f1:
+            best_f1, best_k = f1, k
+    chosen = np.zeros(len(order), dtype=bool)
+    chosen[order[:best_k]] = True
+    scores = np.broadcast_to(frequency, test_y.shape).astype(np.float64)
+    return {"f1_micro": micro_f1(test_y, np.broadcast_to(chosen, test_y.shape), test_mask),
+            "map": mean_average_precision(test_y, scores, test_mask)}

@@ -41,35 +41,60 @@ def paper_table() -> pd.DataFrame:
     return table
 
 
-def queue_commands(overrides: Sequence[str] = (), force: bool = False) -> list[list[str]]:
-    """``dvc exp run --queue`` commands for the 14 rows, with extra ``-S key=value`` overrides.
+#: The recipe chosen on validation data (see README, "Beyond the paper"): ``-S`` overrides per
+#: label set, queued by ``fashiondvc paper queue --beyond`` as ``beyond-<labels>``.
+BEYOND: dict[str, tuple[str, ...]] = {
+    "attrs20": (),
+    "colors11": (),
+}
 
-    Each targets the ``evaluate`` stage: the table's metrics do not need the search index, which
-    would otherwise be rebuilt for every row.
+
+def queue_commands(overrides: Sequence[str] = (), force: bool = False,
+                   rows: Sequence[str] | None = None, suffix: str = "",
+                   beyond: bool = False) -> list[list[str]]:
+    """``dvc exp run --queue`` commands, with extra ``-S key=value`` overrides for each.
+
+    The paper's 14 rows (or only ``rows``), named ``<row><suffix>``; with ``beyond``, the
+    `BEYOND` recipe for each label set instead, named ``beyond-<labels><suffix>``. Each targets
+    the ``evaluate`` stage: the table's metrics do not need the search index.
     """
+    for override in overrides:
+        if "=" not in override:
+            raise FashionError(f"-S {override}: expected key=value")
+    table = paper_table()
+    if rows:
+        unknown = sorted(set(rows) - set(table["row"]))
+        if unknown:
+            raise FashionError(f"--rows: unknown row {unknown[0]!r} (g1..g14)")
+        table = table[table["row"].isin(rows)]
+    if beyond:
+        jobs = [(f"beyond-{labels}", [f"labels={labels}", *preset])
+                for labels, preset in BEYOND.items()]
+    else:
+        jobs = [(row.row, [f"labels={row.labels}", f"k={row.k:g}", f"lr={row.lr:g}"])
+                for row in table.itertuples()]
     commands = []
-    for row in paper_table().itertuples():
-        command = ["dvc", "exp", "run", "--queue", "-n", row.row,
-                   "-S", f"labels={row.labels}", "-S", f"k={row.k:g}", "-S", f"lr={row.lr:g}"]
-        for override in overrides:
-            if "=" not in override:
-                raise FashionError(f"-S {override}: expected key=value")
-            command += ["-S", override]
+    for name, settings in jobs:
+        command = ["dvc", "exp", "run", "--queue", "-n", f"{name}{suffix}"]
+        for setting in [*settings, *overrides]:
+            command += ["-S", setting]
         if force:
             command.append("--force")
-        commands.append([*command, "evaluate"])  # the table needs no search index
+        commands.append([*command, "evaluate"])
     return commands
 
 
-def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".") -> None:
-    """Queue the 14 rows; the user then runs ``dvc queue start``."""
-    for command in queue_commands(overrides, force):
+def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".",
+          rows: Sequence[str] | None = None, suffix: str = "", beyond: bool = False) -> None:
+    """Queue the experiments of `queue_commands`; the user then runs ``dvc queue start``."""
+    commands = queue_commands(overrides, force, rows, suffix, beyond)
+    for command in commands:
         print(" ".join(command), flush=True)
         done = subprocess.run(command, cwd=cwd)
         if done.returncode != 0:
             raise FashionError(f"queueing {command[5]} failed (exit {done.returncode})")
-    print("queued 14 experiments: run `dvc queue start` (`-j 2` for two at a time), then "
-          "`fashiondvc paper report`")
+    print(f"queued {len(commands)} experiments: run `dvc queue start` (`-j 2` for two at a "
+          "time), then `fashiondvc paper report`")
 
 
 def finished_experiments(repo: str | os.PathLike = ".") -> pd.DataFrame:
@@ -91,19 +116,52 @@ def finished_experiments(repo: str | os.PathLike = ".") -> pd.DataFrame:
 
 
 def compare(results: pd.DataFrame) -> pd.DataFrame:
-    """The paper's rows with our numbers beside them (NaN where a row has not run)."""
+    """The paper's rows with our numbers beside them (NaN where a row has not run).
+
+    Ours include test micro-F1 and mAP, and the label-frequency predictor's on the same split.
+    """
     table = paper_table()
     out = table[["row", "y_dim", "k", "lr", "labels"]].copy()
     ran = table["row"].isin(results.index)
     out["status"] = ran.map({True: "done", False: "not run yet"})
     for paper_column, ours in COMPARED:
         out[f"paper_{paper_column}"] = table[paper_column]
-        values = results[ours] if ours in results.columns else pd.Series(dtype=float)
-        out[f"ours_{ours}"] = table["row"].map(values).astype(float)
-    for extra in ("f1_micro", "accuracy_labelwise", "map"):
-        values = results[extra] if extra in results.columns else pd.Series(dtype=float)
-        out[f"ours_{extra}"] = table["row"].map(values).astype(float)
+        out[f"ours_{ours}"] = table["row"].map(_column(results, ours)).astype(float)
+    for extra in EXTRA:
+        out[f"ours_{extra}"] = table["row"].map(_column(results, extra)).astype(float)
     return out
+
+
+#: Our further columns: test micro-F1, mAP, and the label-frequency predictor's.
+EXTRA = ("f1_micro", "accuracy_labelwise", "map", "baseline_f1_micro", "baseline_map")
+#: Settings that tell variants and recipes apart, shown beside them.
+RECIPE_KEYS = ("labels", "k", "lr", "model.frozen_convs", "split.group_by_source",
+               "split.val_size", "model.head", "train.loss", "train.pos_weight",
+               "train.label_pca", "train.select", "train.epochs", "evaluate.thresholds")
+
+
+def _column(results: pd.DataFrame, name: str) -> pd.Series:
+    return results[name] if name in results.columns else pd.Series(dtype=float)
+
+
+def others(results: pd.DataFrame) -> pd.DataFrame:
+    """Experiments that are not one of g1..g14: variants (``g8-leak``) and recipes (``beyond-*``).
+
+    One row each: name, the paper row it varies (if any), `RECIPE_KEYS`, and test
+    ``f1_micro``, ``f1_micro_fixed``, ``map``, ``f1_train_test`` and the baseline's.
+    """
+    rows = set(paper_table()["row"])
+    names = [n for n in results.index if n not in rows]
+    columns = ["f1_micro", "f1_micro_fixed", "map", "f1_train_test", "baseline_f1_micro",
+               "baseline_map", "retrieval_p10", "retrieval_p10_chance"]
+    out = pd.DataFrame({"experiment": names,
+                        "varies": [n.split("-")[0] if n.split("-")[0] in rows else ""
+                                   for n in names]})
+    for key in (*RECIPE_KEYS, *columns):
+        out[key] = [results.at[n, key] if key in results.columns else None for n in names]
+    return out.sort_values("experiment", key=lambda s: s.str.replace(r"\d+", lambda m:
+                                                                     m.group().zfill(3),
+                                                                     regex=True))
 
 
 def shared_settings(results: pd.DataFrame, rows: Sequence[str]) -> dict[str, str]:
@@ -116,19 +174,20 @@ def shared_settings(results: pd.DataFrame, rows: Sequence[str]) -> dict[str, str
             for key in SETTINGS if key in done.columns and len(done)}
 
 
-def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None) -> str:
-    """The comparison as a Markdown table with the notes a reader needs."""
+def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None,
+                variants: pd.DataFrame | None = None, preamble: str = "") -> str:
+    """The comparison as Markdown tables with the notes a reader needs."""
     header = ("| row | y | k | lr | F1 (train+test) paper / ours | train loss paper / ours | "
               "test loss paper / ours | test acc. paper / ours (Keras-style) | "
-              "test F1 ours | test mAP ours |")
+              "test micro-F1 ours / label freq. | test mAP ours / label freq. |")
     lines = [header, "|" + "---|" * 10]
 
     def pair(paper: float, ours: float, digits: int = 2) -> str:
         ours_text = "not run yet" if pd.isna(ours) else f"{ours:.{digits}f}"
         return f"{paper:.{digits}f} / {ours_text}"
 
-    def ours_only(value: float) -> str:
-        return "" if pd.isna(value) else f"{value:.3f}"
+    def ours_only(value: float, baseline: float) -> str:
+        return "" if pd.isna(value) else f"{value:.3f} / {baseline:.3f}"
 
     for r in comparison.itertuples():
         lines.append(
@@ -137,12 +196,16 @@ def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None
             f"{pair(r.paper_train_loss, r.ours_train_loss)} | "
             f"{pair(r.paper_test_loss, r.ours_test_loss)} | "
             f"{pair(r.paper_test_accuracy, r.ours_accuracy_keras)} | "
-            f"{ours_only(r.ours_f1_micro)} | {ours_only(r.ours_map)} |")
+            f"{ours_only(r.ours_f1_micro, r.ours_baseline_f1_micro)} | "
+            f"{ours_only(r.ours_map, r.ours_baseline_map)} |")
     done = int((comparison["status"] == "done").sum())
     notes = [
         f"{done} of {len(comparison)} rows have finished experiments.",
         "F1 (train+test) is the micro F1 over train and test images together (the paper's "
         "column); losses are the weighted BCE summed over labels and averaged over images.",
+        "Label freq.: a predictor that never looks at the image (each label scored by its "
+        "training frequency; the labels that, always predicted, maximise training micro-F1 "
+        "are predicted positive), on the same split.",
         "The paper's test accuracy is most likely Keras's `categorical_accuracy` (argmax of "
         "truth equals argmax of prediction); ours in that column is computed the same way.",
         DUPLICATE_NOTE,
@@ -150,7 +213,34 @@ def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None
     if settings:
         notes.insert(1, "Our rows ran with " + ", ".join(f"`{k}` = {v}"
                                                         for k, v in settings.items()) + ".")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+    text = (preamble + "\n\n" if preamble else "") + "\n".join(lines) + "\n\n" + "\n".join(
+        f"- {note}" for note in notes) + "\n"
+    if variants is not None and len(variants):
+        text += "\n## Variants and recipes\n\n" + _variants_markdown(variants)
+    return text
+
+
+def _variants_markdown(variants: pd.DataFrame) -> str:
+    keys = [k for k in RECIPE_KEYS if variants[k].nunique(dropna=True) > 1 or k == "labels"]
+    head = ["experiment", *keys, "test micro-F1 (0.5)", "test micro-F1", "test mAP",
+            "label freq. F1 / mAP", "retrieval P@10 / chance"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def num(value: object) -> str:
+        return "" if value is None or pd.isna(value) else f"{float(value):.3f}"
+
+    def text(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+    for r in variants.to_dict("records"):
+        lines.append("| " + " | ".join([
+            r["experiment"], *(text(r[k]) for k in keys), num(r["f1_micro_fixed"]),
+            num(r["f1_micro"]), num(r["map"]),
+            f"{num(r['baseline_f1_micro'])} / {num(r['baseline_map'])}",
+            f"{num(r['retrieval_p10'])} / {num(r['retrieval_p10_chance'])}"]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(comparison: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -179,14 +269,22 @@ def plot(comparison: pd.DataFrame, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports") -> Path:
-    """Write ``paper_table.md``, ``paper_table.csv`` and ``paper_table.png`` into ``out_dir``."""
+def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/latest",
+           preamble: str = "") -> Path:
+    """Write ``paper_table.md``, ``.csv``, ``.png`` and ``variants.csv`` into ``out_dir``.
+
+    The default folder is not the committed reference results (``reports/real-weights/``):
+    a partial table never overwrites them unless asked to with ``out_dir``.
+    """
     out_dir = Path(out_dir)
     results = finished_experiments(repo)
     comparison = compare(results)
     settings = shared_settings(results, comparison["row"])
+    variants = others(results)
     write_csv(out_dir / "paper_table.csv", comparison)
+    write_csv(out_dir / "variants.csv", variants)
     with atomic_path(out_dir / "paper_table.md") as tmp:
-        tmp.write_text("# The paper's table, reproduced\n\n" + to_markdown(comparison, settings))
+        tmp.write_text("# The paper's table, reproduced\n\n"
+                       + to_markdown(comparison, settings, variants, preamble))
     plot(comparison, out_dir / "paper_table.png")
     return out_dir / "paper_table.md"

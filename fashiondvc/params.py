@@ -1,40 +1,179 @@
-"""Reading and validating ``params.yaml`` before any stage does work."""
+"""Reading ``params.yaml`` and validating it against one table of constraints, before any work.
+
+`CONSTRAINTS` lists every parameter the pipeline reads with what it accepts (the model is
+scikit-learn's ``_parameter_constraints``); `validate` checks them all once, with the few rules
+that join two parameters, and names the first bad one. Library functions trust their inputs.
+"""
 
 from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
-from fashiondvc.choices import N_CONVS, OPTIMIZERS, PRECISIONS, WEIGHT_CHOICES
-from fashiondvc.dataset import resolve_label_set
+from fashiondvc.choices import (
+    HEADS,
+    LOSSES,
+    N_CONVS,
+    OPTIMIZERS,
+    POS_WEIGHTS,
+    PRECISIONS,
+    SELECTIONS,
+    THRESHOLDS,
+    WEIGHT_CHOICES,
+)
 from fashiondvc.errors import FashionError
+from fashiondvc.labels import resolve_label_set
 
-__all__ = ["WEIGHT_CHOICES", "flatten", "load_params", "validate"]
-
-
-#: Every parameter the pipeline reads; anything else in params.yaml is a typo to report.
-KNOWN = frozenset({
-    "labels", "k", "lr",
-    "data.archive", "data.url", "data.sha256", "data.on_corrupt",
-    "augment.copies", "augment.image_size", "augment.seed", "augment.workers",
-    "split.test_size", "split.group_by_source", "split.seed",
-    "model.weights", "model.frozen_convs", "model.hidden", "model.dropout",
-    "featurize.precision", "featurize.batch_size", "featurize.workers", "featurize.device",
-    "train.epochs", "train.batch_size", "train.optimizer", "train.weight_decay", "train.seed",
-    "train.device", "train.precision",
-    "evaluate.threshold",
-    "search.images", "search.top",
-})
+__all__ = ["CONSTRAINTS", "flatten", "load_params", "validate"]
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+@dataclass(frozen=True)
+class Number:
+    """A real (or, with ``integer``, whole) number in ``[low, high]``; ``open_*`` excludes ends."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    integer: bool = False
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.integer and not isinstance(value, int)):
+            return f"expected {'an integer' if self.integer else 'a number'}, got {value!r}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        low_bad = self.low is not None and (value <= self.low if self.open_low
+                                            else value < self.low)
+        high_bad = self.high is not None and (value >= self.high if self.open_high
+                                              else value > self.high)
+        if low_bad or high_bad:
+            lo = "(-inf" if self.low is None else f"{'(' if self.open_low else '['}{self.low:g}"
+            hi = "inf)" if self.high is None else f"{self.high:g}{')' if self.open_high else ']'}"
+            return f"must be in {lo}, {hi}, got {value}"
+        return None
+
+
+def Integer(low: int | None = None, high: int | None = None) -> Number:  # noqa: N802
+    """A whole number in ``[low, high]``."""
+    return Number(low, high, integer=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values."""
+
+    choices: tuple
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) != isinstance(self.choices[0], bool) or (
+                value not in self.choices):
+            return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Text:
+    """A non-empty string; ``optional`` allows null; ``pattern`` must match it whole."""
+
+    optional: bool = False
+    pattern: str | None = None
+    meaning: str = "a non-empty string"
+
+    def check(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        if not isinstance(value, str) or not value or (
+                self.pattern and not re.fullmatch(self.pattern, value)):
+            return f"expected {self.meaning}{' or null' if self.optional else ''}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Check:
+    """A function that raises `FashionError` for a bad value."""
+
+    function: Callable[[Any], Any]
+
+    def check(self, value: Any) -> str | None:
+        try:
+            self.function(value)
+        except FashionError as exc:
+            return str(exc)
+        return None
+
+
+def _weights(value: Any) -> None:
+    """``imagenet``, ``random`` or an existing VGG-16 state_dict file (checked key by key)."""
+    from fashiondvc.io import repo_path
+
+    if not isinstance(value, str) or not value:
+        raise FashionError(f"model.weights: expected 'imagenet', 'random' or a path, "
+                           f"got {value!r}")
+    if value in WEIGHT_CHOICES:
+        return
+    path = repo_path(value)
+    if not path.is_file():
+        raise FashionError(f"model.weights: {value!r} is neither 'imagenet', 'random' nor an "
+                           "existing state_dict file")
+    from fashiondvc.trunk import check_state_file  # torch: only for a weights file
+
+    check_state_file(path)
+
+
+#: Every parameter the pipeline reads, with what it accepts. Anything else is a typo to report.
+CONSTRAINTS: dict[str, Any] = {
+    "labels": Check(resolve_label_set),
+    "k": Number(0, open_low=True),
+    "lr": Number(0, open_low=True),
+    "data.archive": Text(),
+    "data.url": Text(optional=True),
+    "data.sha256": Text(optional=True, pattern=r"[0-9a-fA-F]{64}", meaning="64 hex digits"),
+    "data.on_corrupt": Options(("fail", "skip")),
+    "augment.copies": Integer(0),
+    "augment.image_size": Integer(32),
+    "augment.seed": Integer(0),
+    "augment.workers": Integer(0),
+    "split.test_size": Number(0, 1, open_low=True, open_high=True),
+    "split.val_size": Number(0, 1, open_high=True),
+    "split.group_by_source": Options((True, False)),
+    "split.seed": Integer(0),
+    "model.weights": Check(_weights),
+    "model.frozen_convs": Integer(0, N_CONVS),
+    "model.head": Options(HEADS),
+    "model.hidden": Integer(1),
+    "model.dropout": Number(0, 1, open_high=True),
+    "featurize.precision": Options(PRECISIONS),
+    "featurize.batch_size": Integer(1),
+    "featurize.workers": Integer(0),
+    "featurize.device": Text(),
+    "train.epochs": Integer(1),
+    "train.batch_size": Integer(1),
+    "train.optimizer": Options(OPTIMIZERS),
+    "train.weight_decay": Number(0),
+    "train.loss": Options(LOSSES),
+    "train.gamma": Number(0),
+    "train.pos_weight": Options(POS_WEIGHTS),
+    "train.label_pca": Integer(0),
+    "train.select": Options(SELECTIONS),
+    "train.seed": Integer(0),
+    "train.device": Text(),
+    "train.precision": Options(PRECISIONS),
+    "evaluate.threshold": Number(0, 1, open_low=True, open_high=True),
+    "evaluate.thresholds": Options(THRESHOLDS),
+    "search.images": Text(optional=True),
+    "search.top": Integer(1),
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate a params file; raise `FashionError` naming the first bad parameter."""
     path = Path(path)
     try:
@@ -51,111 +190,45 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def _get(params: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = params
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise FashionError(f"{dotted}: missing from params.yaml")
-        value = value[part]
-    return value
-
-
-def _number(params: Mapping[str, Any], dotted: str, *, kind: type = float,
-            low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False) -> float:
-    value = _get(params, dotted)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            kind is int and not isinstance(value, int)):
-        raise FashionError(f"{dotted}: expected {'an integer' if kind is int else 'a number'}, "
-                           f"got {value!r}")
-    if not math.isfinite(value):
-        raise FashionError(f"{dotted}: must be a finite number, got {value}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
-        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-        raise FashionError(f"{dotted}: must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value}")
-    return value
-
-
-def _choice(params: Mapping[str, Any], dotted: str, choices: tuple[str, ...]) -> str:
-    value = _get(params, dotted)
-    if value not in choices:
-        raise FashionError(f"{dotted}: must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _string(params: Mapping[str, Any], dotted: str, *, optional: bool = False) -> str | None:
-    value = _get(params, dotted)
-    if (value is None and optional) or (isinstance(value, str) and value):
-        return value
-    raise FashionError(f"{dotted}: expected a non-empty string{' or null' if optional else ''}, "
-                       f"got {value!r}")
-
-
 def validate(params: Mapping[str, Any]) -> None:
-    """Check every parameter the pipeline reads; raise `FashionError` on the first bad one.
+    """Check every parameter against `CONSTRAINTS`; raise `FashionError` on the first bad one.
 
-    A ``model.weights`` file is opened (memory-mapped, weights only) and checked key by key
-    against VGG-16, so a wrong file stops the pipeline before any stage does work.
+    Also refuses unknown keys (with a did-you-mean hint) and the combinations that cannot run:
+    a validation-based choice (``train.select: best``, ``evaluate.thresholds: tuned``) without
+    validation photos (``split.val_size: 0``), and ``split.test_size + split.val_size >= 1``.
     """
-    resolve_label_set(_get(params, "labels"))
-    _number(params, "k", low=0, low_open=True)
-    _number(params, "lr", low=0, low_open=True)
-    _string(params, "data.archive")
-    _string(params, "data.url", optional=True)
-    sha256 = _string(params, "data.sha256", optional=True)
-    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        raise FashionError(f"data.sha256: expected 64 hex digits or null, got {sha256!r}")
-    _choice(params, "data.on_corrupt", ("fail", "skip"))
-    _number(params, "augment.copies", kind=int, low=0)
-    _number(params, "augment.image_size", kind=int, low=32)
-    _number(params, "augment.seed", kind=int, low=0)
-    _number(params, "augment.workers", kind=int, low=0)
-    _number(params, "split.test_size", low=0, high=1, low_open=True, high_open=True)
-    if not isinstance(_get(params, "split.group_by_source"), bool):
-        raise FashionError("split.group_by_source: expected true or false")
-    _number(params, "split.seed", kind=int, low=0)
-    weights = _get(params, "model.weights")
-    if not isinstance(weights, str) or (weights not in WEIGHT_CHOICES
-                                        and not Path(weights).is_file()):
-        raise FashionError(f"model.weights: {weights!r} is neither 'imagenet', 'random' "
-                           "nor an existing state_dict file")
-    if weights not in WEIGHT_CHOICES:
-        from fashiondvc.model import check_state_file  # torch: only for a weights file
-
-        try:
-            check_state_file(weights)
-        except FashionError as exc:
-            raise FashionError(f"model.weights: {exc}") from None
-    _number(params, "model.frozen_convs", kind=int, low=0, high=N_CONVS)
-    _number(params, "model.hidden", kind=int, low=1)
-    _number(params, "model.dropout", low=0, high=1, high_open=True)
-    _choice(params, "featurize.precision", PRECISIONS)
-    _number(params, "featurize.batch_size", kind=int, low=1)
-    _number(params, "featurize.workers", kind=int, low=0)
-    _string(params, "featurize.device")
-    _number(params, "train.epochs", kind=int, low=1)
-    _number(params, "train.batch_size", kind=int, low=1)
-    _choice(params, "train.optimizer", OPTIMIZERS)
-    _number(params, "train.weight_decay", low=0)
-    _number(params, "train.seed", kind=int, low=0)
-    _string(params, "train.device")
-    _choice(params, "train.precision", PRECISIONS)
-    _number(params, "evaluate.threshold", low=0, high=1, low_open=True, high_open=True)
-    _string(params, "search.images", optional=True)
-    _number(params, "search.top", kind=int, low=1)
-    _check_unknown(params)
-
-
-def _check_unknown(params: Mapping[str, Any]) -> None:
-    """Refuse keys the pipeline does not read: `-S train.epoch=5` must not pass silently."""
-    for key in flatten(params):
-        if key not in KNOWN:
-            close = difflib.get_close_matches(key, KNOWN, n=1)
+    flat = flatten(params)
+    for key in flat:
+        if key not in CONSTRAINTS:
+            close = difflib.get_close_matches(key, CONSTRAINTS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise FashionError(f"{key}: unknown parameter{hint}")
+    raw = _raw_values(params)
+    for key, constraint in CONSTRAINTS.items():
+        if key not in raw:
+            raise FashionError(f"{key}: missing from params.yaml")
+        problem = constraint.check(raw[key])
+        if problem:
+            raise FashionError(problem if problem.startswith(f"{key}: ") else f"{key}: {problem}")
+    if raw["split.val_size"] == 0:
+        for key, value in (("train.select", "best"), ("evaluate.thresholds", "tuned")):
+            if raw[key] == value:
+                raise FashionError(f"{key}: {value!r} needs validation photos; set "
+                                   "split.val_size > 0")
+    if raw["split.test_size"] + raw["split.val_size"] >= 1:
+        raise FashionError("split.val_size: split.test_size + split.val_size must be < 1, got "
+                           f"{raw['split.test_size']} + {raw['split.val_size']}")
+
+
+def _raw_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted key -> value as written (lists kept as lists), for every leaf."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in _raw_values(value).items()})
+        else:
+            out[str(key)] = value
+    return out
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

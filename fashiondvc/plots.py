@@ -57,3 +57,13 @@ def plot_pr_curves(curves: pd.DataFrame, path: str | os.PathLike) -> None:
 def png_paths(folder: str | os.PathLike) -> dict[str, Path]:
     folder = Path(folder)
     return {name: folder / f"{name}.png" for name in ("history", "per_attribute", "pr_curves")}
+
+
+def draw_all(history: pd.DataFrame, per_attribute: pd.DataFrame, curves: pd.DataFrame,
+             folder: str | os.PathLike) -> list[Path]:
+    """The three PNG plots of an evaluation into ``folder``; returns their paths."""
+    paths = png_paths(folder)
+    plot_history(history, paths["history"])
+    plot_per_attribute(per_attribute, paths["per_attribute"])
+    plot_pr_curves(curves, paths["pr_curves"])
+    return list(paths.values())

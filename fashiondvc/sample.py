@@ -15,8 +15,8 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
-from fashiondvc.dataset import ATTRIBUTES, COLOURS, N_CLASSES
 from fashiondvc.io import atomic_path
+from fashiondvc.labels import ATTRIBUTES, COLOURS, N_CLASSES
 
 RGB = {
     "red": (200, 30, 30), "yellow": (230, 210, 40), "green": (40, 160, 60),

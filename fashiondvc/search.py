@@ -31,20 +31,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fashiondvc.dataset import IMAGE_SUFFIXES, load_rgb
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file
+from fashiondvc.preprocess import IMAGE_SUFFIXES, load_rgb
+from fashiondvc.retrieval import l2_normalize
 
 INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
 #: Largest query photo accepted, in pixels.
 MAX_PIXELS = 40_000_000
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (all-zero rows stay zero), as float32."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 # --------------------------------------------------------------------------- the index
@@ -143,7 +137,7 @@ def collection_files(folder: str | os.PathLike) -> list[Path]:
 class Featurizer:
     """The training preprocessing and network, for new photos.
 
-    ``load_rgb`` -> ``resize(image, image_size)`` -> ``normalize`` -> frozen trunk -> network:
+    ``load_rgb`` -> ``model_input(image, image_size)`` -> ``normalize`` -> trunk -> network:
     returns attribute probabilities and L2-normalised embeddings. The trunk runs channels-last
     under ``precision`` (as the featurize stage runs it: ``featurize.precision``), the rest of the
     network in fp32 (as in training).
@@ -152,8 +146,8 @@ class Featurizer:
     def __init__(self, net, config: dict, frozen=None, precision: str = "fp32"):
         import torch
 
-        from fashiondvc.features import compute_dtype, prepare_trunk
-        from fashiondvc.model import load_vgg16, split_vgg
+        from fashiondvc.runtime import compute_dtype, prepare_trunk
+        from fashiondvc.trunk import load_vgg16, split_vgg
 
         cpu = torch.device("cpu")
         self.dtype = compute_dtype(cpu, precision)  # validates precision too
@@ -167,24 +161,31 @@ class Featurizer:
     @classmethod
     def from_file(cls, model_path: str | os.PathLike, precision: str = "fp32") -> Featurizer:
         """Load a network saved by the train stage (``models/net.pt``)."""
-        from fashiondvc.model import load_net
+        from fashiondvc.net import load_net
 
         net, config = load_net(model_path)
         return cls(net, config, precision=precision)
 
     def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs, embeddings)`` of RGB images, shapes (n, n_labels) and (n, hidden)."""
+        """``(probs, embeddings)`` of RGB images, shapes (n, n_labels) and (n, hidden).
+
+        Each image takes the training path: `preprocess.model_input` (resize, JPEG round trip),
+        normalise, the trunk in its precision, its output rounded to the stored dtype.
+        """
         import torch
 
-        from fashiondvc.augment import resize
-        from fashiondvc.model import normalize
+        from fashiondvc.features import run_trunk, storage_dtype
+        from fashiondvc.preprocess import model_input, normalize
 
-        arrays = [np.asarray(resize(image, self.image_size)) for image in images]
+        stored = torch.float32 if storage_dtype(self.precision) == np.float32 else torch.float16
+        arrays = [model_input(image, self.image_size) for image in images]
         with torch.inference_mode():
             x = normalize(torch.from_numpy(np.stack(arrays)))
-            trunk = self.frozen(x.to(dtype=self.dtype, memory_format=torch.channels_last))
-            embedded = self.net.embed(trunk.float().contiguous())
-            probs = torch.sigmoid(self.net.out(embedded))
+            trunk, side = run_trunk(self.frozen, x.to(dtype=self.dtype,
+                                                      memory_format=torch.channels_last))
+            trunk = trunk.to(stored).float().contiguous()
+            embedded = self.net.embed(trunk, side if self.net.side_width else None)
+            probs = self.net.probabilities(self.net.out(embedded))
         return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
 
     def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -277,6 +278,41 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
         precision=featurizer.precision, skipped=skipped)
     index.save(out_dir)
     return index, counts
+
+
+def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str | os.PathLike,
+                              split_csv: str | os.PathLike, features_dir: str | os.PathLike,
+                              out_dir: str | os.PathLike, *, threshold: float = 0.5,
+                              precision: str = "fp32") -> SearchIndex:
+    """Index the ingested photos from the stored features of their copy 0: no trunk pass.
+
+    Copy 0 of a photo is the photo resized, JPEG-stored and run through the trunk exactly as
+    `Featurizer` runs a query (`preprocess.model_input`), so the rows equal what `build_index`
+    would compute, in seconds instead of minutes. ``precision`` is ``featurize.precision``.
+    """
+    import torch
+
+    from fashiondvc.net import load_net
+    from fashiondvc.retrieval import embed_rows
+    from fashiondvc.train import load_splits, loader, predict
+
+    net, config = load_net(model_path)
+    images = Path(ingested_dir) / "images"
+    data = load_splits(Path(ingested_dir) / "labels.csv", split_csv, features_dir,
+                       config["labels"], side=config.get("head") == "multiscale")
+    split = pd.read_csv(split_csv).sort_values("index")
+    rows = np.flatnonzero(split["copy"].to_numpy() == 0)
+    paths = [f"{int(i):06d}.jpg" for i in split["image_id"].to_numpy()[rows]]
+    outputs = predict(net, loader(data.subset(rows), 256, shuffle=False, seed=0),
+                      torch.device("cpu"))
+    index = SearchIndex(
+        root=images, paths=paths, hashes=[sha256_file(images / p) for p in paths],
+        labels=list(config["labels"]), probs=net.probabilities(outputs).numpy(),
+        embeddings=embed_rows(net, data, rows), threshold=threshold,
+        model_sha256=sha256_file(model_path), image_size=int(config["image_size"]),
+        precision=precision)
+    index.save(out_dir)
+    return index
 
 
 def _previous_rows(folder: str | os.PathLike, model_sha: str,
@@ -444,12 +480,17 @@ def _hit_dict(hit: Hit) -> dict:
 
 
 def default_top(params_path: str | os.PathLike = "params.yaml") -> int:
-    """``search.top`` from ``params_path`` when it is readable, else 10."""
-    import yaml
+    """``search.top`` from ``params_path`` when it is readable, else 10.
+
+    Read with the YAML 1.2 parser `fashiondvc.params` uses, without validating the whole file
+    (a query must not load a weights file to check it).
+    """
+    from ruamel.yaml import YAML, YAMLError
 
     try:
-        value = (yaml.safe_load(Path(params_path).read_text()) or {}).get("search", {})["top"]
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        params = YAML(typ="safe", pure=True).load(Path(params_path).read_text()) or {}
+        value = params.get("search", {})["top"]
+    except (OSError, YAMLError, AttributeError, KeyError, TypeError):
         return 10
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 10
 
@@ -473,70 +514,3 @@ def format_text(result: dict, photo: str, index: SearchIndex) -> str:
 
 
 # --------------------------------------------------------------------------- retrieval metric
-
-
-def precision_at_k(query_embeddings: np.ndarray, query_positive: np.ndarray,
-                   collection_embeddings: np.ndarray, collection_positive: np.ndarray,
-                   k: int = 10) -> float:
-    """Mean precision@k of attribute agreement, retrieving by cosine similarity.
-
-    For a query q with observed positive labels ``P(q)`` (a set of attribute names) and a
-    retrieved photo r with observed positive labels ``P(r)``, the relevance of r is
-    ``|P(q) & P(r)| / |P(q)|``: the share of the query's attributes that r also has (a missing
-    label of r counts as not shared). Precision@k of q is the mean relevance of its top
-    ``min(k, n_collection)`` results; the metric is its mean over the queries with at least one
-    observed positive label (NaN when there are none).
-
-    Parameters
-    ----------
-    query_embeddings, collection_embeddings : ndarray, shapes (n_q, d) and (n_c, d)
-    query_positive, collection_positive : ndarray of bool, shapes (n_q, L) and (n_c, L)
-        True where a label is observed and positive.
-    """
-    query_positive = np.asarray(query_positive, dtype=bool)
-    collection_positive = np.asarray(collection_positive, dtype=bool)
-    sizes = query_positive.sum(axis=1)
-    valid = sizes > 0
-    if not valid.any() or len(collection_embeddings) == 0:
-        return float("nan")
-    k = min(k, len(collection_embeddings))
-    scores = l2_normalize(query_embeddings[valid]) @ l2_normalize(collection_embeddings).T
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    shared = (query_positive[valid][:, None, :] & collection_positive[top]).sum(axis=2)
-    return float((shared / sizes[valid][:, None]).mean())
-
-
-def embed_rows(net, features: np.ndarray, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised `AttributeNet.embed` of stored frozen-trunk features ``features[rows]``."""
-    import torch
-
-    device = next(net.parameters()).device
-    net.eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]],
-                                            dtype=np.float32))
-            chunks.append(net.embed(x.to(device)).float().cpu().numpy())
-    return l2_normalize(np.concatenate(chunks)) if chunks else np.zeros((0, 0), np.float32)
-
-
-def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10,
-                      batch_size: int = 64) -> dict[str, float]:
-    """``{"retrieval_p10": ...}``: `precision_at_k` of test copy-0 images against train ones.
-
-    Queries are the test photos' copy-0 images (the resized originals), the collection the
-    training photos' copy-0 images, both embedded from the stored features; relevance uses the
-    ground-truth labels of ``data`` (a `fashiondvc.train.Splits`). Empty if undefined.
-    """
-    split = pd.read_csv(split_csv).sort_values("index")
-    originals = (split["copy"] == 0).to_numpy()
-    queries = np.intersect1d(data.test_rows, np.flatnonzero(originals))
-    collection = np.intersect1d(data.train_rows, np.flatnonzero(originals))
-    if len(queries) == 0 or len(collection) == 0:
-        return {}
-    positive = (data.targets > 0.5) & data.mask.astype(bool)
-    value = precision_at_k(embed_rows(net, data.features, queries, batch_size), positive[queries],
-                           embed_rows(net, data.features, collection, batch_size),
-                           positive[collection], k)
-    return {} if np.isnan(value) else {f"retrieval_p{k}": value}

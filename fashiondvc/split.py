@@ -41,3 +41,26 @@ def split_test_mask(source_ids: np.ndarray, test_size: float, *, group_by_source
     mask = np.zeros(len(source_ids), dtype=bool)
     mask[test] = True
     return mask
+
+
+def assign_subsets(source_ids: np.ndarray, test_size: float, *, val_size: float = 0.0,
+                   group_by_source: bool = True, seed: int = 0) -> np.ndarray:
+    """``"train"``, ``"val"`` or ``"test"`` for every image, shape (n_images,), dtype object.
+
+    The test images are exactly `split_test_mask`'s, whatever ``val_size``. Validation images
+    are then carved from the training ones, always grouped by source photo (a model choice
+    must not be made on copies of training photos): ``val_size`` is their share of all photos.
+    """
+    source_ids = np.asarray(source_ids)
+    is_test = split_test_mask(source_ids, test_size, group_by_source=group_by_source, seed=seed)
+    subsets = np.where(is_test, "test", "train").astype(object)
+    if val_size > 0:
+        train_ids = np.unique(source_ids[~is_test])
+        n_val = int(round(val_size * len(np.unique(source_ids))))
+        if not 0 < n_val < len(train_ids):
+            raise FashionError(f"split.val_size: {val_size} leaves {n_val} of "
+                               f"{len(train_ids)} training photos for validation")
+        rng = np.random.default_rng([seed, 1])
+        val_ids = rng.choice(train_ids, size=n_val, replace=False)
+        subsets[~is_test & np.isin(source_ids, val_ids)] = "val"
+    return subsets

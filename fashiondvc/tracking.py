@@ -124,7 +124,7 @@ def _log(params, history, metrics, artifacts, tags) -> str:
             return found.experiment_id
 
     exp_id = with_retries(experiment_id, "open experiment")
-    run_name = os.environ.get("DVC_EXP_NAME") or None
+    run_name = os.environ.get("DVC_EXP_NAME") or f"workspace@{git_revision()[:7]}"
     run = with_retries(lambda: client.create_run(exp_id, run_name=run_name, tags=dict(tags)),
                        "create run")
     run_id = run.info.run_id
@@ -151,3 +151,13 @@ def _log(params, history, metrics, artifacts, tags) -> str:
     with_retries(lambda: client.set_terminated(run_id), "finish run")
     print(f"mlflow: logged run {run_name or run_id} to {uri}")
     return run_id
+
+
+def log_evaluation(params: Mapping[str, Any], history: list[dict], headline: Mapping[str, Any],
+                   artifacts: Iterable[str | os.PathLike], dataset_sha256: str) -> str | None:
+    """`log_pipeline_run` with the DVC experiment, baseline commit and dataset hash as tags."""
+    return log_pipeline_run(params, history, {k: v for k, v in headline.items() if v is not None},
+                            artifacts,
+                            tags={"dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
+                                  "dvc.baseline_rev": git_revision(),
+                                  "dataset.sha256": dataset_sha256})

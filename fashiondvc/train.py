@@ -1,7 +1,10 @@
 """Training of the trainable rest of VGG-16 and the head on stored frozen-trunk features.
 
 A plain, explicit loop in the style of torchvision's reference ``train.py``: one function per
-epoch, the loss written out, a checkpoint after every epoch so a killed run resumes.
+epoch, the loss written out (`fashiondvc.losses`), a checkpoint after every epoch so a killed
+run resumes. With validation rows, every epoch is scored on them and ``select="best"`` keeps the
+epoch with the best validation mAP (early stopping without a patience cut-off: the epochs are
+few and cheap). Test rows are scored for the curves only; nothing is chosen on them.
 """
 
 from __future__ import annotations
@@ -9,11 +12,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import mmap
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,76 +24,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from fashiondvc.choices import OPTIMIZERS
+from fashiondvc import losses, metrics
 from fashiondvc.errors import FashionError
-from fashiondvc.features import autocast, resolve_device
+from fashiondvc.features import RAM_BUDGET_BYTES, load_features, read_rows
 from fashiondvc.io import atomic_path
-from fashiondvc.metrics import micro_f1
-
-
-def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                 k: float) -> torch.Tensor:
-    """The paper's weighted binary cross-entropy, with missing labels masked out.
-
-    For each observed label, ``-(k * y * log(p) + (1 - y) * log(1 - p))`` with
-    ``p = sigmoid(logit)``; summed over an image's labels and averaged over images (this is the
-    scale of the paper's reported losses, about 6 for 11 labels at k = 2).
-    """
-    pos_weight = torch.tensor(k, dtype=logits.dtype, device=logits.device)
-    losses = nn.functional.binary_cross_entropy_with_logits(
-        logits, targets, pos_weight=pos_weight, reduction="none")
-    return (losses * mask).sum() / max(len(logits), 1)
-
-
-RAM_BUDGET_BYTES = 3 * 2**29
-"""A `FeatureSet` whose rows take at most this much (1.5 GiB) holds them in memory."""
-
-
-def _whole_file_map(features: np.ndarray) -> bool:
-    """Whether ``features`` is a whole ``.npy`` opened by ``np.load(mmap_mode="r")``."""
-    return (isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap)
-            and features.filename is not None and features.flags.c_contiguous
-            and hasattr(os, "preadv"))
-
-
-def read_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    """``features[rows]`` as a tensor in the stored dtype.
-
-    From a memory-mapped ``.npy`` the rows are read with ``preadv``, in file order, straight
-    into the tensor: no page of the file gets mapped into this process. Reading through the
-    map instead mapped about 2 MB of file per 200 KB row (the kernel maps page-cache folios
-    whole), so a pass over a 4.1 GB feature file (``frozen_convs=12``) made this process 4 GB
-    resident; with ``preadv`` it is the rows read, and no slower (9 vs 10 ms per batch of 64).
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    out = torch.from_numpy(np.empty((len(rows), *features.shape[1:]), dtype=features.dtype))
-    target = out.numpy()
-    if not _whole_file_map(features):
-        target[...] = features[rows]
-        return out
-    row_bytes = target[0].nbytes if len(rows) else 0
-    with open(features.filename, "rb") as handle:
-        for i in np.argsort(rows, kind="stable"):
-            offset = features.offset + int(rows[i]) * row_bytes
-            if os.preadv(handle.fileno(), [target[i]], offset) != row_bytes:
-                raise FashionError(f"{features.filename}: truncated at row {rows[i]}; "
-                                   "rerun the featurize stage")
-    return out
+from fashiondvc.runtime import autocast, resolve_device
 
 
 class FeatureSet(Dataset):
-    """Rows of a memory-mapped feature array with their targets and observed-mask.
+    """Rows of a memory-mapped feature array with side features, targets and observed-mask.
 
     Rows that fit `RAM_BUDGET_BYTES` are read into memory once, in the stored dtype (fp16:
     about 0.7 GB for the train rows at ``frozen_convs=13``); larger sets are read batch by
-    batch with `read_rows`, so resident memory stays one batch whatever the file size.
+    batch with `read_rows`, so resident memory stays one batch whatever the file size. Items
+    are batches ``(x, side, y, mask)``: float32 (n, C, H, W), float32 (n, side width; 0 wide
+    without side features), float32 (n, n_labels), float32 (n, n_labels).
     """
 
     def __init__(self, features: np.ndarray, rows: np.ndarray, targets: np.ndarray,
-                 mask: np.ndarray, *, in_memory: bool | None = None):
+                 mask: np.ndarray, *, side: np.ndarray | None = None,
+                 in_memory: bool | None = None):
         self.features, self.rows = features, np.asarray(rows)
         self.targets = torch.from_numpy(targets[self.rows].astype(np.float32))
         self.mask = torch.from_numpy(mask[self.rows].astype(np.float32))
+        self.side = (torch.zeros(len(self.rows), 0) if side is None
+                     else read_rows(side, self.rows).float())
         nbytes = len(self.rows) * int(np.prod(features.shape[1:])) * features.dtype.itemsize
         if in_memory is None:
             in_memory = nbytes <= RAM_BUDGET_BYTES
@@ -100,25 +57,29 @@ class FeatureSet(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y, m = self.__getitems__([i])
-        return x[0], y[0], m[0]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(part[0] for part in self.__getitems__([i]))
 
     def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, ...]:
         # rows in file order: sequential reads, and the same batch layout (hence the same
         # dropout draws) whether or not the rows are in memory
         items = np.asarray(items, dtype=np.int64)
         items = items[np.argsort(self.rows[items], kind="stable")]
+        index = torch.from_numpy(items)
         if self.cache is not None:
-            x = self.cache[torch.from_numpy(items)]
+            x = self.cache[index]
         else:
             x = read_rows(self.features, self.rows[items])
-        return x.float(), self.targets[items], self.mask[items]
+        return x.float(), self.side[index], self.targets[index], self.mask[index]
 
 
 @dataclass
 class TrainConfig:
-    """What one training run needs besides the network and the data."""
+    """What one training run needs besides the network and the data (validated in `params`).
+
+    ``pos_weight`` is one weight per label (`losses.positive_weights`); empty means ``k`` for
+    every label.
+    """
 
     k: float
     lr: float
@@ -126,23 +87,23 @@ class TrainConfig:
     batch_size: int
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    loss: str = "wbce"
+    gamma: float = 2.0
+    pos_weight: list[float] = field(default_factory=list)
+    select: str = "last"
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
     threshold: float = 0.5
 
-    def validate(self) -> None:
-        if self.k <= 0:
-            raise FashionError(f"k: must be > 0, got {self.k}")
-        if self.lr <= 0:
-            raise FashionError(f"lr: must be > 0, got {self.lr}")
-        if self.epochs < 1:
-            raise FashionError(f"train.epochs: must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise FashionError(f"train.batch_size: must be >= 1, got {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise FashionError(f"train.optimizer: must be one of {OPTIMIZERS}, "
-                               f"got {self.optimizer!r}")
+    def weights_for(self, n_labels: int) -> torch.Tensor:
+        """The positive weights as a tensor of shape (n_labels,)."""
+        if self.pos_weight:
+            return torch.tensor(self.pos_weight, dtype=torch.float32)
+        return torch.full((n_labels,), float(self.k))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -175,16 +136,23 @@ def _already_batched(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...
     return batch  # FeatureSet.__getitems__ returns whole batches
 
 
+def batch_loss(net: nn.Module, outputs: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+               config: TrainConfig) -> torch.Tensor:
+    """`losses.loss` of a batch with ``config``'s loss, weights and ``net``'s label coding."""
+    return losses.loss(config.loss, outputs, y, m, config.weights_for(y.shape[1]),
+                       config.gamma, getattr(net, "label_pca", None))
+
+
 def train_one_epoch(net: nn.Module, data: DataLoader, optimizer: torch.optim.Optimizer,
                     config: TrainConfig, device: torch.device, desc: str) -> float:
     """One pass over the training batches; returns the mean loss per image."""
     net.train()
     total, count = 0.0, 0
-    for x, y, m in tqdm(data, desc=desc, unit="batch", leave=False, disable=None):
-        x, y, m = x.to(device), y.to(device), m.to(device)
+    for x, s, y, m in tqdm(data, desc=desc, unit="batch", leave=False, disable=None):
+        x, s, y, m = x.to(device), s.to(device), y.to(device), m.to(device)
         with autocast(device, config.precision):
-            logits = net(x)
-        loss = weighted_bce(logits.float(), y, m, config.k)
+            outputs = net(x, s)
+        loss = batch_loss(net, outputs, y, m, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -195,22 +163,32 @@ def train_one_epoch(net: nn.Module, data: DataLoader, optimizer: torch.optim.Opt
 
 @torch.inference_mode()
 def predict(net: nn.Module, data: DataLoader, device: torch.device,
-            precision: str = "fp32") -> np.ndarray:
-    """Sigmoid probabilities for every row of ``data``, in order."""
+            precision: str = "fp32") -> torch.Tensor:
+    """Raw outputs (float32, on the CPU) for every row of ``data``, in order.
+
+    ``net.probabilities(outputs)`` turns them into label scores.
+    """
     net.eval()
     chunks = []
-    for x, *_ in tqdm(data, desc="predict", unit="batch", leave=False, disable=None):
+    for x, s, *_ in tqdm(data, desc="predict", unit="batch", leave=False, disable=None):
         with autocast(device, precision):
-            logits = net(x.to(device))
-        chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+            outputs = net(x.to(device), s.to(device))
+        chunks.append(outputs.float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
-def mean_loss(probs: np.ndarray, targets: np.ndarray, mask: np.ndarray, k: float) -> float:
-    """`weighted_bce` from probabilities (clipped like Keras, to keep log finite)."""
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    losses = -(k * targets * np.log(p) + (1 - targets) * np.log(1 - p))
-    return float((losses * mask).sum() / max(len(probs), 1))
+def score(net: nn.Module, dataset: FeatureSet, config: TrainConfig, device: torch.device
+          ) -> dict[str, float | np.ndarray]:
+    """``loss``, ``f1`` (micro, at ``config.threshold``), ``map`` and ``probs`` of a subset."""
+    outputs = predict(net, loader(dataset, max(config.batch_size, 256), shuffle=False, seed=0),
+                      device, config.precision)
+    y, m = dataset.targets, dataset.mask
+    probs = net.probabilities(outputs.to(device)).cpu().numpy()
+    with torch.no_grad():
+        loss = float(batch_loss(net, outputs.to(device), y.to(device), m.to(device), config))
+    y_np, m_np = y.numpy(), m.numpy().astype(bool)
+    return {"loss": loss, "f1": metrics.micro_f1(y_np, probs >= config.threshold, m_np),
+            "map": metrics.mean_average_precision(y_np, probs, m_np), "probs": probs}
 
 
 def fingerprint(**parts: object) -> str:
@@ -220,26 +198,31 @@ def fingerprint(**parts: object) -> str:
 
 
 def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: TrainConfig, *,
-        checkpoint: str | os.PathLike | None = None,
+        val_set: FeatureSet | None = None, checkpoint: str | os.PathLike | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``net`` for ``config.epochs``; return one history row per epoch.
 
     Each row holds ``epoch``, ``train_loss``, ``test_loss`` and ``test_f1`` (micro F1 at
-    ``config.threshold``). With ``checkpoint``, the model, optimizer, random state and history
-    are saved after every epoch (before ``on_epoch`` is called), and a run started with an
-    existing checkpoint continues from it, ending bit-identical to an uninterrupted run. A
-    checkpoint that cannot be used is ignored with a warning and training starts over.
+    ``config.threshold``), with a validation set also ``val_loss``, ``val_f1`` and ``val_map``,
+    and ``selected`` (1 on the epoch whose weights ``net`` ends with: the last, or with
+    ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model, the best
+    weights so far, optimizer, random state and history are saved after every epoch (before
+    ``on_epoch`` is called), and a run started with an existing checkpoint continues from it,
+    ending bit-identical to an uninterrupted run. A checkpoint that cannot be used is ignored
+    with a warning and training starts over.
     """
-    config.validate()
+    if config.select == "best" and val_set is None:
+        raise FashionError("train.select: 'best' needs validation rows (split.val_size > 0)")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     net.to(device)
     optimizer = make_optimizer(net, config)
     history: list[dict] = []
+    best: dict | None = None
     if checkpoint and Path(checkpoint).exists():
         initial = copy.deepcopy(net.state_dict())
         try:
-            history = resume(checkpoint, net, optimizer, device, config.epochs)
+            history, best = resume(checkpoint, net, optimizer, device, config.epochs)
             print(f"resuming from {checkpoint} after epoch {len(history)}")
         except Exception as exc:  # corrupt, or from another version of the code
             print(f"warning: cannot resume from {checkpoint} ({type(exc).__name__}: {exc}); "
@@ -247,33 +230,49 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
             net.load_state_dict(initial)
             optimizer = make_optimizer(net, config)
             torch.manual_seed(config.seed)
-            history = []
-    test_loader = loader(test_set, config.batch_size, shuffle=False, seed=config.seed)
+            history, best = [], None
     for epoch in range(len(history) + 1, config.epochs + 1):
         train_loader = loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                               epoch=epoch)
         train_loss = train_one_epoch(net, train_loader, optimizer, config, device,
                                      desc=f"epoch {epoch}/{config.epochs}")
-        probs = predict(net, test_loader, device, config.precision)
-        targets, mask = test_set.targets.numpy(), test_set.mask.numpy()
-        row = {"epoch": epoch, "train_loss": train_loss,
-               "test_loss": mean_loss(probs, targets, mask, config.k),
-               "test_f1": micro_f1(targets, probs >= config.threshold, mask)}
+        test = score(net, test_set, config, device)
+        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test["loss"],
+               "test_f1": test["f1"]}
+        if val_set is not None:
+            val = score(net, val_set, config, device)
+            row.update(val_loss=val["loss"], val_f1=val["f1"], val_map=val["map"])
         history.append(row)
+        if config.select == "last" or best is None or _better(row, best["row"]):
+            best = {"row": row, "state": copy.deepcopy(net.state_dict())}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()))
         if checkpoint:
-            save_checkpoint(checkpoint, net, optimizer, history, device)
+            save_checkpoint(checkpoint, net, optimizer, history, device, best)
         if on_epoch:
             on_epoch(row)
+    if best is not None:
+        net.load_state_dict(best["state"])
+        for row in history:
+            row["selected"] = int(row["epoch"] == best["row"]["epoch"])
     return history
 
 
+def _better(row: dict, than: dict) -> bool:
+    """Whether ``row`` has a higher validation mAP (NaN never wins)."""
+    value, other = row.get("val_map", float("nan")), than.get("val_map", float("nan"))
+    return bool(np.isfinite(value) and (not np.isfinite(other) or value > other))
+
+
 def save_checkpoint(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optimizer,
-                    history: list[dict], device: torch.device | None = None) -> None:
+                    history: list[dict], device: torch.device | None = None,
+                    best: dict | None = None) -> None:
     """Save everything `fit` needs to resume, atomically (CPU and, on CUDA, GPU random state)."""
     state = {"net": net.state_dict(), "optimizer": optimizer.state_dict(),
              "history": json.dumps(history), "rng": torch.get_rng_state()}
+    if best is not None:
+        state["best_state"] = best["state"]
+        state["best_row"] = json.dumps(best["row"])
     if device is not None and device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
@@ -281,11 +280,12 @@ def save_checkpoint(path: str | os.PathLike, net: nn.Module, optimizer: torch.op
 
 
 def resume(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optimizer,
-           device: torch.device, epochs: int) -> list[dict]:
-    """Restore ``net``, ``optimizer`` and the random state from a checkpoint; return its history.
+           device: torch.device, epochs: int) -> tuple[list[dict], dict | None]:
+    """Restore ``net``, ``optimizer`` and the random state from a checkpoint.
 
-    Loaded with ``weights_only=True`` onto the CPU (random states must stay there); raises if
-    the checkpoint does not fit ``net`` or holds more than ``epochs`` epochs.
+    Returns its history and the best epoch so far (``{"row", "state"}`` or None). Loaded with
+    ``weights_only=True`` onto the CPU (random states must stay there); raises if the
+    checkpoint does not fit ``net`` or holds more than ``epochs`` epochs.
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
     history = json.loads(state["history"])
@@ -301,31 +301,40 @@ def resume(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optim
     torch.set_rng_state(state["rng"])
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
-    return history
+    best = None
+    if "best_state" in state:
+        best = {"row": json.loads(state["best_row"]), "state": state["best_state"]}
+    return history, best
 
 
 @dataclass
 class Splits:
-    """Stored features with per-row targets, the observed-mask and the train/test rows."""
+    """Stored features (and side features) with per-row targets, mask and subset rows."""
 
     features: np.ndarray
     targets: np.ndarray
     mask: np.ndarray
     train_rows: np.ndarray
     test_rows: np.ndarray
+    val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    side: np.ndarray | None = None
 
     def subset(self, rows: np.ndarray) -> FeatureSet:
-        return FeatureSet(self.features, rows, self.targets, self.mask)
+        return FeatureSet(self.features, rows, self.targets, self.mask, side=self.side)
 
 
 def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
-                features_npy: str | os.PathLike, names: list[str]) -> Splits:
-    """Join the ingested labels, the split and the stored features, row by row."""
+                features_dir: str | os.PathLike, names: list[str], *,
+                side: bool = False) -> Splits:
+    """Join the ingested labels, the split and the stored features, row by row.
+
+    With ``side``, the side features (``side.npy``) come along for the ``multiscale`` head.
+    """
     import pandas as pd
 
-    from fashiondvc.dataset import targets_for
-    from fashiondvc.features import load_features
+    from fashiondvc.labels import targets_for
 
+    features_npy = Path(features_dir) / "features.npy"
     labels = pd.read_csv(labels_csv)
     split = pd.read_csv(split_csv).sort_values("index")
     features = load_features(features_npy)
@@ -333,5 +342,56 @@ def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
         raise FashionError(f"{features_npy}: {len(features)} rows, but {split_csv} has "
                            f"{len(split)}; rerun the pipeline")
     targets, mask = targets_for(labels, split["image_id"].tolist(), names)
-    is_test = (split["subset"] == "test").to_numpy()
-    return Splits(features, targets, mask, np.flatnonzero(~is_test), np.flatnonzero(is_test))
+    subset = split["subset"].to_numpy()
+    return Splits(features, targets, mask, np.flatnonzero(subset == "train"),
+                  np.flatnonzero(subset == "test"), np.flatnonzero(subset == "val"),
+                  load_features(Path(features_dir) / "side.npy") if side else None)
+
+
+@dataclass
+class Run:
+    """A network ready to train, its `TrainConfig`, the config saved with it, and a run id."""
+
+    net: nn.Module
+    config: TrainConfig
+    saved_config: dict
+    id: str
+
+
+def build_run(params: dict, data: Splits, names: list[str], inputs: list) -> Run:
+    """Set up one training run from validated ``params`` and the loaded ``data``.
+
+    Per-label positive weights and the label PCA are fitted on the training rows only. The
+    run id hashes everything that shapes the history (settings, input files by content or
+    identity, and this code), so a checkpoint resumes only an identical run.
+    """
+    from fashiondvc import net as net_module
+    from fashiondvc.io import file_identity, sha256_file
+    from fashiondvc.net import LabelPCA, build_net
+
+    model, train = params["model"], params["train"]
+    image_size = params["augment"]["image_size"]
+    train_y, train_m = data.targets[data.train_rows], data.mask[data.train_rows]
+    label_pca = (LabelPCA.fit(train_y, train_m, train["label_pca"])
+                 if train["label_pca"] else None)
+    net = build_net(model["weights"], model["frozen_convs"], image_size, model["hidden"],
+                    len(names), model["dropout"], seed=train["seed"], head=model["head"],
+                    side_width=0 if data.side is None else data.side.shape[1], label_pca=label_pca)
+    weights = (losses.positive_weights("frequency", params["k"], train_y, train_m).tolist()
+               if train["pos_weight"] == "frequency" else [])
+    config = TrainConfig(
+        k=params["k"], lr=params["lr"], epochs=train["epochs"], batch_size=train["batch_size"],
+        optimizer=train["optimizer"], weight_decay=train["weight_decay"], loss=train["loss"],
+        gamma=train["gamma"], pos_weight=weights, select=train["select"], seed=train["seed"],
+        device=train["device"], precision=train["precision"],
+        threshold=params["evaluate"]["threshold"])
+    saved = {"labels": names, "image_size": image_size, "weights": model["weights"],
+             "frozen_convs": model["frozen_convs"], "hidden": model["hidden"],
+             "dropout": model["dropout"], "train": config.as_dict()}
+    identities = [file_identity(p) if Path(p).is_file() else
+                  sorted(file_identity(f) for f in Path(p).iterdir()) for p in inputs]
+    run_id = fingerprint(params={k: v for k, v in params.items() if k != "search"},
+                         inputs=identities,
+                         code=[sha256_file(m.__file__) for m in (sys.modules[__name__],
+                                                                 net_module, losses)])
+    return Run(net, config, saved, run_id)

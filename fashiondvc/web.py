@@ -29,8 +29,8 @@ import numpy as np
 from flask import Flask, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from fashiondvc.dataset import IMAGE_SUFFIXES
 from fashiondvc.errors import FashionError
+from fashiondvc.preprocess import IMAGE_SUFFIXES
 from fashiondvc.search import Searcher, default_top
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -59,6 +59,27 @@ def _int(value: object, default: int, name: str = "top", low: int = 1,
     return number
 
 
+def _where(value: object, name: str = "where") -> str | list[str]:
+    """A ``where`` filter: absent, a comma-separated string, or a list of attribute names."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (isinstance(value, list)
+                                  and all(isinstance(v, str) for v in value)):
+        return value
+    raise FashionError(f"{name}: expected attribute names (a string or a list of strings), "
+                       f"got {type(value).__name__}")
+
+
+def _json_int(body: dict, key: str, default: int, low: int = 1, high: int = MAX_TOP) -> int:
+    """``body[key]`` as a JSON integer (not a bool, float or string) in ``low..high``."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FashionError(f"{key}: expected a whole number, got {type(value).__name__}")
+    return _int(value, default, key, low, high)
+
+
 def create_app(searcher: Searcher, *, top: int = 10,
                max_upload: int = MAX_UPLOAD_BYTES) -> Flask:
     """The web app over ``searcher``; ``top`` results per query by default."""
@@ -80,6 +101,11 @@ def create_app(searcher: Searcher, *, top: int = 10,
     def http_error(exc: HTTPException):
         return _error(exc.code or 500, exc.description or exc.name)
 
+    @app.errorhandler(Exception)
+    def bug(exc: Exception):  # still JSON, never an HTML traceback page
+        app.logger.exception("unexpected error")
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
     @app.get("/")
     def page():
         return render_template("search.html", labels=index.labels, n_photos=len(index),
@@ -99,8 +125,9 @@ def create_app(searcher: Searcher, *, top: int = 10,
         if not data.startswith(MAGIC):
             return _error(415, f"{upload.filename}: not a JPEG or PNG image")
         n = _int(request.form.get("top"), top)
+        where = _where(request.form.get("where"))
         with lock:
-            result = searcher.query(data, upload.filename, top=n, where=request.form.get("where"))
+            result = searcher.query(data, upload.filename, top=n, where=where)
         return jsonify(result)
 
     @app.get("/api/photo/<int:row>")
@@ -108,19 +135,29 @@ def create_app(searcher: Searcher, *, top: int = 10,
         if not 0 <= row < len(index):
             return _error(404, f"no photo {row} in the collection")
         return jsonify(searcher.query_row(row, top=_int(request.args.get("top"), top),
-                                          where=request.args.get("where")))
+                                          where=_where(request.args.get("where"))))
 
     @app.post("/api/similar")
     def similar():
         body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("embedding"), list):
-            return _error(400, "expected JSON with an 'embedding' list")
-        exclude = body.get("exclude") or []
-        if not isinstance(exclude, list) or not all(isinstance(r, int) for r in exclude):
+        if not isinstance(body, dict):
+            return _error(400, "expected a JSON object with an 'embedding' list")
+        unknown = sorted(set(body) - {"embedding", "where", "top", "exclude"})
+        if unknown:
+            return _error(400, f"{unknown[0]}: unknown field (embedding, where, top, exclude)")
+        embedding = body.get("embedding")
+        if not isinstance(embedding, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in embedding):
+            return _error(400, "embedding: expected a list of numbers")
+        exclude = body.get("exclude")
+        exclude = [] if exclude is None else exclude
+        if not isinstance(exclude, list) or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in exclude):
             return _error(400, "exclude: expected a list of row numbers")
-        results = searcher.similar(body["embedding"], top=_int(body.get("top"), top),
-                                   where=body.get("where") or [], exclude=exclude)
-        return jsonify({"where": body.get("where") or [], "results": results})
+        where = _where(body.get("where"))
+        results = searcher.similar(embedding, top=_json_int(body, "top", top), where=where,
+                                   exclude=exclude)
+        return jsonify({"where": where, "results": results})
 
     @app.get("/api/collection")
     def collection():

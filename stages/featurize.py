@@ -1,15 +1,15 @@
-"""Stage featurize: every augmented image -> output of the frozen VGG-16 trunk (features.npy)."""
+"""Stage featurize: every augmented image -> the frozen VGG-16 trunk's output (data/features)."""
 
 import sys
 import time
 from pathlib import Path
 
-from fashiondvc.augment import ImageStore
 from fashiondvc.errors import run_main
 from fashiondvc.features import featurize
 from fashiondvc.io import atomic_path, write_json
-from fashiondvc.model import feature_shape, load_vgg16, split_vgg
 from fashiondvc.params import load_params
+from fashiondvc.store import ImageStore
+from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
 
 
 def main() -> None:
@@ -20,10 +20,10 @@ def main() -> None:
     shape = feature_shape(model["frozen_convs"], params["augment"]["image_size"])
     frozen, _ = split_vgg(load_vgg16(model["weights"]), model["frozen_convs"])
     start = time.perf_counter()
-    with atomic_path(out_dir, is_dir=True) as tmp:  # features.npy and meta.json, or nothing
-        featurize(store, frozen, tmp / "features.npy", feature_shape=shape,
-                  batch_size=options["batch_size"], workers=options["workers"],
-                  precision=options["precision"], device=options["device"])
+    with atomic_path(out_dir, is_dir=True) as tmp:  # all files, or nothing
+        featurize(store, frozen, tmp, feature_shape=shape, batch_size=options["batch_size"],
+                  workers=options["workers"], precision=options["precision"],
+                  device=options["device"])
         write_json(tmp / "meta.json", {"n_images": len(store), "shape": list(shape),
                                        "frozen_convs": model["frozen_convs"],
                                        "weights": model["weights"],

@@ -1,24 +1,32 @@
-"""Stage index: trained network + a photo collection -> search index (data/index)."""
+"""Stage index: trained network + a photo collection -> search index (data/index).
+
+The default collection, the ingested photos, is indexed from the stored features (seconds); a
+``search.images`` folder goes through the trunk, reusing the rows of unchanged photos.
+"""
 
 import sys
 import time
 
-from fashiondvc.errors import FashionError, run_main
+from fashiondvc.errors import run_main
+from fashiondvc.io import repo_path
 from fashiondvc.params import load_params
-from fashiondvc.search import build_index
+from fashiondvc.search import build_index, build_index_from_features
 
 
 def main() -> None:
-    model_path, ingested, out_dir = sys.argv[1:4]
+    model_path, ingested, split_csv, features_dir, out_dir = sys.argv[1:6]
     params = load_params()
-    search = params.get("search") or {}
-    images = search.get("images") or f"{ingested}/images"
-    if not isinstance(images, str):
-        raise FashionError(f"search.images: expected a folder path or null, got {images!r}")
+    images, threshold = params["search"]["images"], params["evaluate"]["threshold"]
+    precision = params["featurize"]["precision"]
     start = time.perf_counter()
-    index, counts = build_index(model_path, images, out_dir,
-                                threshold=params["evaluate"]["threshold"],
-                                precision=params["featurize"]["precision"])
+    if images is None:
+        index = build_index_from_features(model_path, ingested, split_csv, features_dir,
+                                          out_dir, threshold=threshold, precision=precision)
+        counts = {"computed": 0, "reused": len(index), "skipped": 0}
+        images = f"{ingested}/images (stored features)"
+    else:
+        index, counts = build_index(model_path, repo_path(images), out_dir,
+                                    threshold=threshold, precision=precision)
     print(f"index: {len(index)} photos of {images} in {time.perf_counter() - start:.1f}s "
           f"({counts['computed']} featurized, {counts['reused']} reused, "
           f"{counts['skipped']} skipped)")

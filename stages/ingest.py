@@ -1,16 +1,17 @@
-"""Stage ingest: the archive (downloaded if absent) -> labels.csv, images/, manifest.json."""
+"""Stage ingest: the archive -> labels.csv, images/, manifest.json."""
 
 import sys
 
-from fashiondvc.dataset import ingest, resolve_archive
+from fashiondvc.dataset import ingest
 from fashiondvc.errors import run_main
+from fashiondvc.io import repo_path
 from fashiondvc.params import load_params
 
 
 def main() -> None:
     out_dir = sys.argv[1]
     data = load_params()["data"]
-    archive = resolve_archive(data["archive"], data["url"], data["sha256"])
+    archive = repo_path(data["archive"])  # the inputs stage downloaded it if it was absent
     report = ingest(archive, out_dir, sha256=data["sha256"], on_corrupt=data["on_corrupt"])
     print(f"ingest: {report.n_images} images, {report.n_attributes} attributes, "
           f"{len(report.skipped)} skipped, from {archive}")

@@ -73,7 +73,7 @@ def make_repo(repo: Path, archive: Path, **overrides: object) -> Path:
     for folder in ("stages", "fashiondvc", "data", "models"):
         shutil.copytree(PROJECT / folder, repo / folder,
                         ignore=shutil.ignore_patterns("__pycache__", "raw", "demo", "ingested",
-                                                      "augmented", "features", "index",
+                                                      "augmented", "features", "index", "inputs",
                                                       "split.csv", "*.tmp-*"))
     set_params(repo / "params.yaml", {**FAST_PARAMS, "data.archive": str(archive),
                                       **overrides})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fashiondvc.dataset import LABEL_SETS
-from fashiondvc.model import build_net, save_net
+from fashiondvc.labels import LABEL_SETS
+from fashiondvc.net import build_net, save_net
 from fashiondvc.sample import make_sample_archive
 from fashiondvc.search import SearchIndex, build_index
 

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashiondvc.augment import ImageStore, augment_folder
+from fashiondvc.augment import augment_folder
 from fashiondvc.dataset import ingest
+from fashiondvc.store import ImageStore
 
 
 @pytest.fixture(scope="module")

@@ -37,10 +37,12 @@ from faultkit import (
 )
 from PIL import Image
 
-from fashiondvc.dataset import download, load_rgb
+from fashiondvc.dataset import download
 from fashiondvc.errors import FashionError
-from fashiondvc.model import check_state_file, load_net, vgg16_shapes
+from fashiondvc.net import load_net
+from fashiondvc.preprocess import load_rgb
 from fashiondvc.train import FeatureSet, TrainConfig, fit
+from fashiondvc.trunk import check_state_file, vgg16_shapes
 
 OUT = Path("data/ingested")
 
@@ -118,8 +120,8 @@ def test_missing_archive_without_url(tmp_path):
 def download_fails(tmp_path: Path, url: str, *names: str, **params: object) -> None:
     archive = tmp_path / "work" / "data" / "raw" / "dataset.zip"
     work = workdir(tmp_path / "work", archive, **{"data.url": url, **params})
-    result = run_stage("ingest", OUT, cwd=work)
-    assert_user_error(result, url, *names, absent=(work / OUT, archive))
+    result = run_stage("inputs", "data/inputs", cwd=work)  # the stage that downloads
+    assert_user_error(result, url, *names, absent=(work / "data" / "inputs", archive))
 
 
 def test_download_404(tmp_path):
@@ -172,11 +174,15 @@ def test_download_succeeds_with_a_progress_bar(tmp_path, sample_zip, monkeypatch
     assert not leftovers(dest.parent)
 
 
-def test_ingest_stage_downloads_then_ingests(tmp_path, sample_zip):
+def test_inputs_stage_downloads_then_ingest_reads_it(tmp_path, sample_zip):
     archive = tmp_path / "work" / "data" / "raw" / "dataset.zip"
     with serve({"/dataset.zip": (200, sample_zip.read_bytes(), None)}) as base:
         work = workdir(tmp_path / "work", archive, **{"data.url": f"{base}/dataset.zip"})
-        result = run_stage("ingest", OUT, cwd=work)
+        result = run_stage("inputs", "data/inputs", cwd=work)
+    assert result.code == 0, result.stderr
+    fingerprint = json.loads((work / "data" / "inputs" / "archive.json").read_text())
+    assert fingerprint["sha256"] == hashlib.sha256(sample_zip.read_bytes()).hexdigest()
+    result = run_stage("ingest", OUT, cwd=work)
     assert result.code == 0, result.stderr
     assert archive.read_bytes() == sample_zip.read_bytes()
     assert len(pd.read_csv(work / OUT / "labels.csv")) == 24
@@ -419,7 +425,7 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, capsys):
     torch.save({"net": TouchOnLoad(marker)}, checkpoint)
     features = np.zeros((8, 4, 1, 1), dtype=np.float32)
     data = FeatureSet(features, np.arange(8), np.zeros((8, 1), np.float32), np.ones((8, 1), bool))
-    from fashiondvc.model import AttributeNet
+    from fashiondvc.net import AttributeNet
 
     net = AttributeNet(torch.nn.Sequential(), (4, 1, 1), hidden=4, n_labels=1)
     history = fit(net, data, data, TrainConfig(k=1, lr=1e-3, epochs=1, batch_size=4),
@@ -451,7 +457,7 @@ def test_pickled_code_in_the_imagenet_cache_is_never_run(tmp_path, monkeypatch):
     """torchvision itself would unpickle ``$TORCH_HOME/hub/checkpoints/vgg16-*.pth`` freely."""
     from torchvision.models import VGG16_Weights
 
-    from fashiondvc.model import load_vgg16
+    from fashiondvc.trunk import load_vgg16
 
     marker = tmp_path / "pwned"
     cached = tmp_path / "hub" / "checkpoints" / VGG16_Weights.IMAGENET1K_V1.url.rsplit("/")[-1]

@@ -7,15 +7,11 @@ import pytest
 import torch
 
 from fashiondvc.errors import FashionError
-from fashiondvc.features import (
-    NpyWriter,
-    autocast,
-    featurize,
-    load_features,
-    release_free_memory,
-)
-from fashiondvc.model import feature_shape, load_vgg16, normalize, split_vgg
-from fashiondvc.train import FeatureSet, read_rows
+from fashiondvc.features import NpyWriter, featurize, load_features, read_rows
+from fashiondvc.preprocess import normalize
+from fashiondvc.runtime import autocast, release_free_memory
+from fashiondvc.train import FeatureSet
+from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
@@ -25,13 +21,30 @@ def test_featurize_matches_autocast_reference(tmp_path, precision):
     frozen, _ = split_vgg(load_vgg16("random"), 4)
     with torch.inference_mode(), autocast(torch.device("cpu"), precision):
         reference = frozen(normalize(torch.from_numpy(np.stack(images)))).float().numpy()
-    out = featurize(images, frozen, tmp_path / "f.npy", feature_shape=feature_shape(4, 32),
+    out = featurize(images, frozen, tmp_path, feature_shape=feature_shape(4, 32),
                     batch_size=2, workers=0, precision=precision, device="cpu")
-    stored = np.load(out, mmap_mode="r")
+    stored = np.load(out / "features.npy", mmap_mode="r")
     assert stored.shape == reference.shape
     assert stored.dtype == (np.float32 if precision == "fp32" else np.float16)
     np.testing.assert_allclose(stored.astype(np.float32), reference, rtol=1e-3, atol=1e-3)
-    assert [p.name for p in tmp_path.iterdir()] == ["f.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy", "side.npy"]
+
+
+def test_side_features_are_average_and_max_of_each_inner_pool(tmp_path):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    frozen, _ = split_vgg(load_vgg16("random"), 7)  # conv1_1..conv3_3 + pool3: pools 1-2 inside
+    featurize(images, frozen, tmp_path, feature_shape=feature_shape(7, 32), batch_size=2,
+              workers=0, precision="fp32", device="cpu")
+    side = np.load(tmp_path / "side.npy")
+    assert side.shape == (3, 2 * (64 + 128)) and side.dtype == np.float32
+    with torch.inference_mode():  # pool1 is layer 4, pool2 layer 9 of vgg.features
+        x = normalize(torch.from_numpy(np.stack(images)))
+        pool1 = frozen[:5](x)
+        pool2 = frozen[:10](x)
+    expected = torch.cat([pool1.mean((2, 3)), pool1.amax((2, 3)),
+                          pool2.mean((2, 3)), pool2.amax((2, 3))], 1).numpy()
+    np.testing.assert_allclose(side, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_npy_writer_refuses_short_or_misshapen_output(tmp_path):

@@ -7,19 +7,16 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from fashiondvc.dataset import (
+from fashiondvc.dataset import ArchiveReader, ingest, parse_label_file, read_labels
+from fashiondvc.errors import FashionError
+from fashiondvc.labels import (
     ATTRIBUTES,
     BINARY_ATTRIBUTES,
     COLOURS,
     LABEL_SETS,
-    ArchiveReader,
     binary_targets,
-    ingest,
-    parse_label_file,
-    read_labels,
     resolve_label_set,
 )
-from fashiondvc.errors import FashionError
 from fashiondvc.sample import make_sample_archive
 
 

@@ -62,3 +62,40 @@ def test_pr_curves_have_one_curve_per_attribute(data):
     curves = metrics.pr_curves(y, probs, mask, NAMES, points=20)
     assert sorted(curves["attribute"].unique()) == NAMES
     assert curves.groupby("attribute").size().max() <= 20
+
+
+def test_a_label_never_observed_has_no_f1_and_stays_out_of_the_macro_average():
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=float)
+    p = np.array([[0.9, 0.2, 0.9], [0.1, 0.8, 0.1], [0.8, 0.3, 0.7]])
+    m = np.ones_like(y, dtype=bool)
+    m[:, 2] = False  # the third label is missing in every row
+    table = metrics.per_label(y, p, m, ["a", "b", "c"])
+    assert table["evaluated"].tolist() == [True, True, False]
+    assert np.isnan(table.loc[2, "f1"]) and np.isnan(table.loc[2, "accuracy"])
+    summary = metrics.summary(y, p, m)
+    # label a: F1 1, label b: tp 1 fn 1 -> F1 2/3; the unobserved label does not count as 0
+    assert summary["f1_macro"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_tuned_thresholds_maximise_each_labels_f1():
+    y = np.array([[1], [1], [0], [0], [1]], dtype=float)
+    p = np.array([[0.30], [0.25], [0.20], [0.10], [0.40]])
+    m = np.ones_like(y, dtype=bool)
+    (cut,) = metrics.tune_thresholds(y, p, m)
+    assert 0.20 < cut <= 0.25  # all three positives above it, both negatives below
+    assert metrics.micro_f1(y, p >= cut, m) == 1.0
+    assert metrics.micro_f1(y, p >= 0.5, m) == 0.0
+    (default,) = metrics.tune_thresholds(np.zeros_like(y), p, m, default=0.5)
+    assert default == 0.5  # no positive observed: nothing to tune
+
+
+def test_frequency_baseline_predicts_the_frequent_labels_and_scores_prevalence():
+    train = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=float)
+    test = np.array([[1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 0, 1]], dtype=float)
+    ones = np.ones_like(train, dtype=bool)
+    result = metrics.frequency_baseline(train, ones, test, ones)
+    # always predicting label 0 (frequency 0.75) gives training F1 6/9, better than adding
+    # label 1 (8/13) or all three (10/22); on test: tp 3, fp 1, fn 3 -> F1 6/10
+    assert result["f1_micro"] == pytest.approx(6 / 10)
+    # constant scores: each label's AP is its test prevalence
+    assert result["map"] == pytest.approx(np.mean([3 / 4, 1 / 4, 2 / 4]))

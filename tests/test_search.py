@@ -6,22 +6,17 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from conftest import run, set_params
 from PIL import Image
 from searchkit import LABELS, N_PHOTOS, make_collection, save_tiny_net
 
-from fashiondvc.augment import resize
 from fashiondvc.cli import main
-from fashiondvc.dataset import load_rgb
 from fashiondvc.errors import FashionError
-from fashiondvc.model import normalize
 from fashiondvc.search import (
     Searcher,
     SearchIndex,
     build_index,
     parse_where,
-    precision_at_k,
     rank,
 )
 
@@ -55,17 +50,42 @@ def test_index_holds_every_photo_with_unit_embeddings(collection):
     assert not list(collection.index_dir.parent.glob(".index.tmp-*"))
 
 
-def test_photos_go_through_the_training_preprocessing(collection, searcher):
-    path = collection.images / "000005.jpg"
-    featurizer = searcher.featurizer
-    image = resize(load_rgb(path.read_bytes(), "x"), 32)
-    with torch.inference_mode():
-        x = normalize(torch.from_numpy(np.array(image))[None])
-        hidden = featurizer.net.embed(featurizer.frozen(x))
-        probs = torch.sigmoid(featurizer.net.out(hidden))[0].numpy()
-    expected = hidden[0].numpy() / np.linalg.norm(hidden[0].numpy())
-    assert np.allclose(collection.index.embeddings[4], expected, atol=1e-5)
-    assert np.allclose(collection.index.probs[4], probs, atol=1e-5)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_index_from_stored_features_equals_the_trunk_pass_over_the_photos(tmp_path, precision):
+    # two independent paths: augment -> store -> featurize (what training sees, copy 0) and
+    # the search featurizer's own trunk pass over the photo files
+    from fashiondvc.augment import augment_folder
+    from fashiondvc.dataset import ingest, read_ingested
+    from fashiondvc.features import featurize
+    from fashiondvc.sample import make_sample_archive
+    from fashiondvc.search import build_index_from_features
+    from fashiondvc.store import ImageStore
+    from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
+
+    ingest(make_sample_archive(tmp_path / "s.zip", n_images=10), tmp_path / "ingested")
+    ids = read_ingested(tmp_path / "ingested")["image_id"]
+    augment_folder(tmp_path / "ingested" / "images", ids, tmp_path / "aug", copies=1, size=32,
+                   seed=0, workers=1)
+    store = ImageStore(tmp_path / "aug")
+    frozen, _ = split_vgg(load_vgg16("random"), 13)
+    (tmp_path / "features").mkdir()
+    featurize(store, frozen, tmp_path / "features", feature_shape=feature_shape(13, 32),
+              batch_size=4, workers=0, precision=precision, device="cpu")
+    store.index[["index", "image_id", "copy"]].assign(subset="train").to_csv(
+        tmp_path / "split.csv", index=False)
+    model = save_tiny_net(tmp_path / "net.pt")
+    stored = build_index_from_features(model, tmp_path / "ingested", tmp_path / "split.csv",
+                                       tmp_path / "features", tmp_path / "i1",
+                                       precision=precision)
+    passed, counts = build_index(model, tmp_path / "ingested" / "images", tmp_path / "i2",
+                                 precision=precision)
+    assert counts["computed"] == 10
+    assert stored.paths == passed.paths and stored.hashes == passed.hashes
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(stored.probs, passed.probs, atol=tolerance)
+    np.testing.assert_allclose(stored.embeddings, passed.embeddings, atol=tolerance)
+    # and not trivially: the photos differ from each other
+    assert np.abs(stored.embeddings[0] - stored.embeddings[1]).max() > 0.05
 
 
 def test_rank_matches_brute_force_cosine(collection):
@@ -151,17 +171,6 @@ def test_index_paths_never_leave_the_collection(collection, tmp_path):
         index.file(0)
     with pytest.raises(FashionError, match="no photo"):
         index.file(N_PHOTOS)
-
-
-def test_precision_at_k_by_hand():
-    query = np.array([[1.0, 0.0], [0.0, 1.0]])
-    positive_q = np.array([[True, True], [False, False]])  # the second query has no positives
-    collection = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-    positive_c = np.array([[True, True], [True, False], [True, True]])
-    assert precision_at_k(query, positive_q, collection, positive_c, k=2) == pytest.approx(0.75)
-    assert precision_at_k(query, positive_q, collection, positive_c, k=10) == pytest.approx(
-        (1 + 0.5 + 1) / 3)
-    assert np.isnan(precision_at_k(query, positive_q[[1]], collection, positive_c, k=2))
 
 
 def test_cli_search_prints_attributes_and_results(collection, capsys):

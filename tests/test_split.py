@@ -32,3 +32,20 @@ def test_split_is_seeded():
 def test_test_size_must_be_a_fraction(test_size):
     with pytest.raises(FashionError, match="split.test_size"):
         split_test_mask(SOURCES, test_size)
+
+
+def test_validation_photos_come_from_training_photos_and_leave_test_unchanged():
+    from fashiondvc.split import assign_subsets
+
+    ids = np.repeat(np.arange(1, 101), 3)  # 100 photos, 3 images each
+    plain = assign_subsets(ids, 0.3, seed=4)
+    with_val = assign_subsets(ids, 0.3, val_size=0.2, seed=4)
+    np.testing.assert_array_equal(plain == "test", with_val == "test")
+    assert set(plain) == {"train", "test"}
+    assert len(np.unique(ids[with_val == "val"])) == 20
+    for photo in np.unique(ids):  # every photo on exactly one side
+        assert len(set(with_val[ids == photo])) == 1
+    # grouped validation even with the paper's per-image test split
+    leaky = assign_subsets(ids, 0.3, val_size=0.2, group_by_source=False, seed=4)
+    val_photos = np.unique(ids[leaky == "val"])
+    assert not np.isin(ids[leaky == "train"], val_photos).any()

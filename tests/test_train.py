@@ -1,30 +1,13 @@
-"""Weighted BCE against a hand-computed value, and a short training run."""
-
-import math
+"""Training runs: learning, reproducibility, best-epoch selection on validation rows."""
 
 import numpy as np
 import pytest
 import torch
 
-from fashiondvc.model import build_net, feature_shape
-from fashiondvc.train import FeatureSet, TrainConfig, fit, mean_loss, weighted_bce
-
-
-def test_weighted_bce_matches_hand_computation():
-    logits = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])
-    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    mask = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # image 2, label 1 is missing
-    k = 3.0
-
-    def sig(x):
-        return 1 / (1 + math.exp(-x))
-
-    by_hand = (-k * math.log(sig(0.0))        # positive, weight k
-               - math.log(1 - sig(2.0))       # negative
-               - k * math.log(sig(0.5))) / 2  # positive; the masked entry adds nothing
-    assert weighted_bce(logits, targets, mask, k).item() == pytest.approx(by_hand, rel=1e-6)
-    probs = torch.sigmoid(logits).numpy()
-    assert mean_loss(probs, targets.numpy(), mask.numpy(), k) == pytest.approx(by_hand, rel=1e-5)
+from fashiondvc.errors import FashionError
+from fashiondvc.net import build_net
+from fashiondvc.train import FeatureSet, TrainConfig, fit
+from fashiondvc.trunk import feature_shape
 
 
 def toy_data(n=96, seed=0):
@@ -55,3 +38,28 @@ def test_training_is_reproducible():
         net = build_net("random", 13, 32, hidden=16, n_labels=2, dropout=0.5, seed=0)
         runs.append(fit(net, train, test, TrainConfig(k=2, lr=1e-3, epochs=2, batch_size=16)))
     assert runs[0] == runs[1]
+
+
+def test_best_epoch_is_selected_on_validation_map_and_restored():
+    features, targets, mask = toy_data()
+    train = FeatureSet(features, np.arange(48), targets, mask)
+    val = FeatureSet(features, np.arange(48, 72), targets, mask)
+    test = FeatureSet(features, np.arange(72, 96), targets, mask)
+    net = build_net("random", 13, 32, hidden=16, n_labels=2, dropout=0.0, seed=0)
+    config = TrainConfig(k=1, lr=3e-2, epochs=6, batch_size=16, select="best")
+    history = fit(net, train, test, config, val_set=val)
+    best = max(history, key=lambda row: row["val_map"])
+    assert [row["selected"] for row in history].count(1) == 1
+    assert best["selected"] == 1
+    # the network holds the selected epoch's weights: its validation mAP is that epoch's
+    from fashiondvc.train import score
+
+    assert score(net, val, config, torch.device("cpu"))["map"] == pytest.approx(best["val_map"])
+
+
+def test_select_best_without_validation_rows_is_refused():
+    features, targets, mask = toy_data()
+    data = FeatureSet(features, np.arange(8), targets, mask)
+    net = build_net("random", 13, 32, hidden=16, n_labels=2, dropout=0.0, seed=0)
+    with pytest.raises(FashionError, match="train.select"):
+        fit(net, data, data, TrainConfig(k=1, lr=1e-3, epochs=1, batch_size=4, select="best"))

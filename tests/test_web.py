@@ -187,3 +187,50 @@ def test_the_page_in_a_browser(browser, live_url, collection, tmp_path):
     }""")
     assert status[0] == 413 and "larger than" in status[1]
     assert errors == []
+
+
+#: JSON values of every type, for the type-checking test below.
+WRONG_VALUES = [5, -1, 1.5, True, None, "x", [1], ["red", 2], {"a": 1}, [[0.1]], 10**30]
+
+
+#: (field, value) pairs among those that are valid requests.
+VALID = {("top", "5"), ("exclude", "[1]"), ("where", "None"), ("top", "None"),
+         ("exclude", "None")}
+
+
+@pytest.mark.parametrize("field", ["embedding", "where", "top", "exclude"])
+@pytest.mark.parametrize("value", WRONG_VALUES, ids=repr)
+def test_similar_answers_400_json_for_every_wrong_type(client, field, value):
+    dim = len(client.get("/api/photo/0").get_json()["embedding"])
+    body = {"embedding": [0.5] * dim, "where": [], "top": 3, "exclude": []}
+    assert client.post("/api/similar", json=body).status_code == 200
+    body[field] = value
+    answer = client.post("/api/similar", json=body)
+    expected = 200 if (field, repr(value)) in VALID else 400
+    assert answer.status_code == expected, answer.get_data(as_text=True)
+    if expected == 400:
+        assert answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("value", WRONG_VALUES, ids=repr)
+def test_similar_rejects_wrong_where_types_with_400(client, value):
+    if isinstance(value, str) or value is None:
+        return  # a string filter and no filter are valid
+    answer = client.post("/api/similar", json={"embedding": [0.0] * 8, "where": value})
+    assert answer.status_code == 400
+    assert "where" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("body", [5, [1], "text", None, {"embedding": [1.0], "color": "red"}],
+                         ids=repr)
+def test_similar_rejects_bodies_that_are_not_the_documented_object(client, body):
+    answer = client.post("/api/similar", json=body)
+    assert answer.status_code == 400
+
+
+@pytest.mark.parametrize("query", ["top=abc", "top=1.5", "top=0", "where=nosuchlabel",
+                                   "top=999999999999999999999"])
+def test_photo_query_string_errors_are_400(client, query):
+    answer = client.get(f"/api/photo/0?{query}")
+    assert answer.status_code == 400
+    assert "error" in answer.get_json()

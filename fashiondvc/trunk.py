@@ -1,4 +1,4 @@
-"""VGG-16 split into a frozen trunk and a trainable rest, plus the two-layer attribute head.
+"""VGG-16's conv layers: safe weight loading, and the cut into a frozen trunk + trainable rest.
 
 "The first 12 layers are fixed": we read layers as VGG-16's 13 conv layers, so
 ``frozen_convs=12`` freezes conv1_1 .. conv5_2 and trains conv5_3 with the head. (Keras's
@@ -12,7 +12,6 @@ import contextlib
 import os
 import pickle
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,9 +19,8 @@ from torchvision.models import VGG16_Weights, vgg16
 
 from fashiondvc.choices import N_CONVS
 from fashiondvc.errors import FashionError
+from fashiondvc.io import repo_path
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
              "M")
@@ -78,7 +76,7 @@ def load_vgg16(weights: str) -> nn.Module:
         model = vgg16(weights=None)
     if weights == "random":
         return model
-    path = Path(weights)
+    path = repo_path(weights)
     if not path.is_file():
         raise FashionError(
             f"model.weights: {weights!r} is neither 'imagenet', 'random' nor an existing file"
@@ -176,74 +174,3 @@ def feature_shape(frozen_convs: int, image_size: int) -> tuple[int, int, int]:
         else:
             channels, convs = layer, convs + 1
     return channels, size, size
-
-
-class AttributeNet(nn.Module):
-    """The trainable rest of VGG-16 followed by two dense layers: hidden (ReLU, dropout), logits."""
-
-    def __init__(self, trainable: nn.Sequential, in_shape: tuple[int, int, int], hidden: int,
-                 n_labels: int, dropout: float = 0.5):
-        super().__init__()
-        self.convs = trainable
-        with torch.no_grad():
-            flat = self.convs(torch.zeros(1, *in_shape)).numel()
-        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
-                                    nn.Dropout(dropout))
-        self.out = nn.Linear(hidden, n_labels)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden layer's activations: an embedding for similarity search."""
-        return self.hidden(self.convs(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.embed(x))
-
-
-def build_net(weights: str, frozen_convs: int, image_size: int, hidden: int, n_labels: int,
-              dropout: float, seed: int) -> AttributeNet:
-    """The trainable network for features of ``frozen_convs`` at ``image_size``; head seeded."""
-    _, trainable = split_vgg(load_vgg16(weights), frozen_convs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AttributeNet(trainable, feature_shape(frozen_convs, image_size), hidden,
-                            n_labels, dropout)
-
-
-def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC images -> float NCHW normalised with ImageNet mean and std."""
-    x = batch.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def save_net(net: AttributeNet, path: str | os.PathLike, config: dict) -> None:
-    """Save the trained network's weights with the settings needed to rebuild it."""
-    from fashiondvc.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"config": config, "state_dict": net.state_dict()}, tmp)
-
-
-def load_net(path: str | os.PathLike) -> tuple[AttributeNet, dict]:
-    """Rebuild a network saved by `save_net` (loaded with ``weights_only=True``)."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FashionError(f"{path} does not exist: run the train stage first") from None
-    except Exception as exc:
-        raise FashionError(f"{path}: not a fashiondvc model file ({exc})") from None
-    keys = ("frozen_convs", "image_size", "hidden", "labels", "dropout")
-    if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
-            and isinstance(saved.get("state_dict"), dict)
-            and all(key in saved["config"] for key in keys)):
-        raise FashionError(f"{path}: not a fashiondvc model file (no config and state_dict)")
-    config = saved["config"]
-    _, trainable = split_vgg(vgg16(weights=None), config["frozen_convs"])
-    net = AttributeNet(trainable, feature_shape(config["frozen_convs"], config["image_size"]),
-                       config["hidden"], len(config["labels"]), config["dropout"])
-    try:
-        net.load_state_dict(saved["state_dict"])
-    except RuntimeError as exc:
-        raise FashionError(f"{path}: weights do not match its config ({exc})") from None
-    return net.eval(), config

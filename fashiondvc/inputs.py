@@ -1,0 +1,102 @@
+"""The pipeline's inputs from outside the repository, and content fingerprints DVC can compare.
+
+``data.archive``, a ``model.weights`` file and a ``search.images`` folder are paths in
+``params.yaml``: DVC sees the path, not the bytes, so a file replaced in place would leave every
+result cached. The ``inputs`` stage (``always_changed``, about a second) resolves each input,
+downloads the archive if it is absent, and writes one small JSON file per input holding its
+content hash. Stages depend on those files, so they rerun exactly when an input's content
+changes, and not when it is merely touched.
+
+Relative paths are taken from the user's repository (`fashiondvc.io.repo_path`), so queued and
+``--temp`` experiments find inputs that git does not track.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fashiondvc.errors import FashionError
+from fashiondvc.io import atomic_path, repo_path, sha256_file, write_json
+from fashiondvc.preprocess import IMAGE_SUFFIXES
+
+
+def fingerprint_folder(folder: str | os.PathLike, suffixes: tuple[str, ...] | None = None
+                       ) -> dict:
+    """``{"files": n, "sha256": ...}`` over every (relative path, content sha256) under ``folder``.
+
+    Hidden files and folders are ignored; with ``suffixes``, only files ending in one of them
+    (case-insensitive) count.
+    """
+    folder = Path(folder)
+    digest, count = hashlib.sha256(), 0
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if suffixes and path.suffix.lower() not in suffixes:
+            continue
+        digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode())
+        count += 1
+    return {"files": count, "sha256": digest.hexdigest()}
+
+
+def fingerprint_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> dict:
+    """The content fingerprint of a file (its sha256) or a folder (`fingerprint_folder`)."""
+    path = Path(path)
+    if path.is_dir():
+        return {"kind": "folder", **fingerprint_folder(path, suffixes)}
+    if path.is_file():
+        return {"kind": "file", "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    raise FashionError(f"{path} does not exist")
+
+
+def archive_fingerprint(archive: str, url: str | None, sha256: str | None) -> dict:
+    """Resolve ``data.archive`` (downloading it from ``data.url`` if absent) and fingerprint it."""
+    from fashiondvc.dataset import download
+
+    path = repo_path(archive)
+    if not path.exists():
+        if not url:
+            raise FashionError(f"data.archive: {archive} does not exist and data.url is empty")
+        print(f"{path} not found: downloading {url}")
+        download(url, path, sha256)
+    return {"archive": archive, **fingerprint_path(path)}
+
+
+def weights_fingerprint(weights: str) -> dict:
+    """``model.weights``: a file's content hash; ``imagenet``: torchvision's (hash-named) URL."""
+    if weights == "imagenet":
+        from torchvision.models import VGG16_Weights
+
+        return {"weights": weights, "url": VGG16_Weights.IMAGENET1K_V1.url}
+    if weights == "random":
+        from fashiondvc.trunk import RANDOM_INIT_SEED
+
+        return {"weights": weights, "seed": RANDOM_INIT_SEED}
+    return {"weights": weights, **fingerprint_path(repo_path(weights))}
+
+
+def photos_fingerprint(images: str | None) -> dict:
+    """``search.images``: the photos of the folder (null: the ingested photos, tracked by DVC)."""
+    if images is None:
+        return {"images": None}
+    folder = repo_path(images)
+    if not folder.is_dir():
+        raise FashionError(f"search.images: {images} is not a folder")
+    return {"images": images, **fingerprint_folder(folder, IMAGE_SUFFIXES)}
+
+
+def write_fingerprints(params: dict, out_dir: str | os.PathLike) -> dict[str, dict]:
+    """Write ``archive.json``, ``weights.json`` and ``photos.json`` to ``out_dir``; return them."""
+    data = params["data"]
+    prints = {
+        "archive": archive_fingerprint(data["archive"], data["url"], data["sha256"]),
+        "weights": weights_fingerprint(params["model"]["weights"]),
+        "photos": photos_fingerprint(params["search"]["images"]),
+    }
+    with atomic_path(out_dir, is_dir=True) as tmp:  # all three files, or none
+        for name, value in prints.items():
+            write_json(tmp / f"{name}.json", value)
+    return prints

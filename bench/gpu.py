@@ -115,7 +115,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     print(f"device: {device}", flush=True)
     ingested, store, split_csv = prepare_data(args.archive.resolve(), args.work, args.photos)
-    features = args.work / f"features-{args.frozen_convs}.npy"
+    features = args.work / f"features-{args.frozen_convs}"
+    features.mkdir(parents=True, exist_ok=True)
     ips = run_featurize(store, features, args)
     epochs = run_train(ingested, split_csv, features, args)
     args.out.write_text(json.dumps({

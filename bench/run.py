@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -197,10 +198,13 @@ class RecomputeNet(nn.Module):
         super().__init__()
         self.frozen, self.net, self.dtype = frozen, net, dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             features = self.frozen(x.to(dtype=self.dtype, memory_format=torch.channels_last))
         return self.net(features.float())
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.net.probabilities(outputs)
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -217,7 +221,8 @@ class ImageSet(torch.utils.data.Dataset):
     def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, ...]:
         items = np.asarray(items)
         images = np.stack([self.store[int(self.rows[i])] for i in items])
-        return normalize(torch.from_numpy(images)), self.targets[items], self.mask[items]
+        x = normalize(torch.from_numpy(images))
+        return x, torch.zeros(len(items), 0), self.targets[items], self.mask[items]
 
 
 class ImageSplits(Splits):
@@ -232,7 +237,7 @@ def train_and_evaluate(net: nn.Module, data: Splits, names: list[str], epochs: i
     config = TrainConfig(k=3, lr=1e-7, epochs=epochs, batch_size=64, device="cpu")
     start = time.perf_counter()
     fit(net, data.subset(data.train_rows), data.subset(data.test_rows), config)
-    evaluate(net, data, names, k=3, threshold=0.5, batch_size=64, device="cpu")
+    evaluate(net, data, names, config, batch_size=64)
     return time.perf_counter() - start
 
 
@@ -240,7 +245,8 @@ def stored_vs_recompute(ingested: Path, store, split_csv: Path, work: Path, froz
                         args: argparse.Namespace) -> dict:
     """Item 2 for one ``frozen_convs``: train + evaluate from stored features vs. recomputing."""
     names = resolve_label_set(LABELS)
-    features = work / f"features-{frozen_convs}.npy"
+    features = work / f"features-{frozen_convs}"
+    features.mkdir(parents=True, exist_ok=True)
     featurize_ips = featurize_speed(store, frozen_convs, features, batch=args.batch,
                                     workers=args.workers, precision=args.precision)
     stored = load_splits(ingested / "labels.csv", split_csv, features, names)
@@ -258,7 +264,7 @@ def stored_vs_recompute(ingested: Path, store, split_csv: Path, work: Path, froz
     recompute_s = train_and_evaluate(recompute, images, names, args.epochs)
     print(f"  frozen_convs={frozen_convs}: recompute {recompute_s:.1f}s (load {load()})",
           flush=True)
-    features.unlink(missing_ok=True)
+    shutil.rmtree(features, ignore_errors=True)
     return {"frozen_convs": frozen_convs, "images": len(store),
             "train": len(stored.train_rows), "test": len(stored.test_rows),
             "epochs": args.epochs, "featurize_ips": featurize_ips, "stored_s": stored_s,

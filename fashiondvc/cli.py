@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace existing experiments of the same names")
     queue.add_argument("--rows", default="", help="only these rows, e.g. g2,g8")
     queue.add_argument("--suffix", default="",
-                       help="appended to each name, e.g. -leak with -S split.group_by_source=false")
+                       help="appended to each name (write it --suffix=-leak)")
     queue.add_argument("--beyond", action="store_true",
                        help="queue the beyond-the-paper recipe (one per label set) instead")
     queue.set_defaults(handler=_paper_queue)

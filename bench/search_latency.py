@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fashiondvc.index import Featurizer, SearchIndex
 from fashiondvc.labels import LABEL_SETS
 from fashiondvc.net import build_net
+from fashiondvc.retrieval import l2_normalize
 from fashiondvc.runtime import cpu_supports_bf16
 from fashiondvc.sample import draw_photo
-from fashiondvc.search import Featurizer, Searcher, SearchIndex, l2_normalize, rank
+from fashiondvc.search import Searcher, rank
 from fashiondvc.trunk import load_vgg16, split_vgg
 
 RESULTS = Path(__file__).with_name("search_results.md")

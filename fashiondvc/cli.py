@@ -18,7 +18,8 @@ def _search(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from fashiondvc.search import Searcher, SearchIndex, default_top, format_text, parse_where
+    from fashiondvc.index import SearchIndex
+    from fashiondvc.search import Searcher, default_top, format_text, parse_where
 
     photo = Path(args.photo)
     if not photo.is_file():

@@ -8,9 +8,9 @@ import sys
 import time
 
 from fashiondvc.errors import run_main
+from fashiondvc.index import build_index, build_index_from_features
 from fashiondvc.io import repo_path
 from fashiondvc.params import load_params
-from fashiondvc.search import build_index, build_index_from_features
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fashiondvc.index import SearchIndex, build_index
 from fashiondvc.labels import LABEL_SETS
 from fashiondvc.net import build_net, save_net
 from fashiondvc.sample import make_sample_archive
-from fashiondvc.search import SearchIndex, build_index
 
 N_PHOTOS = 24
 LABELS = list(LABEL_SETS["colors11"])

@@ -4,6 +4,8 @@ Runs only when asked (``pytest -m realdata``) and when ../shared/data holds the 
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from conftest import REAL_ARCHIVE, run, set_params
@@ -53,10 +55,15 @@ def test_pipeline_runs_on_the_real_archive(pipeline_repo):
     print(json.dumps(metrics, indent=2))
 
 
-REAL_WEIGHTS = REAL_ARCHIVE.parents[1] / "weights" / "vgg16_imagenet_features.pth"
-#: Test-mAP margin over the label-frequency predictor on 600 real photos at 112 px with the
-#: ImageNet trunk (measured: see LEARNING_MEASURED); a random trunk stays within ~0.05 of it.
-LEARNING_MARGIN = 0.12
+#: The ImageNet trunk; FASHIONDVC_TEST_WEIGHTS points the test at another file (a random one
+#: must fail it).
+REAL_WEIGHTS = Path(os.environ.get(
+    "FASHIONDVC_TEST_WEIGHTS",
+    REAL_ARCHIVE.parents[1] / "weights" / "vgg16_imagenet_features.pth"))
+#: Test-mAP margin over the label-frequency predictor on 600 real photos at 112 px, measured on
+#: an AVX-512 2-core CPU: ImageNet trunk 0.292 vs 0.176 (+0.116); a random trunk (seed 0)
+#: 0.195 vs 0.176 (+0.019), which fails.
+LEARNING_MARGIN = 0.07
 
 
 @pytest.mark.skipif(not REAL_WEIGHTS.exists(), reason=f"{REAL_WEIGHTS} not present")

@@ -12,13 +12,8 @@ from searchkit import LABELS, N_PHOTOS, make_collection, save_tiny_net
 
 from fashiondvc.cli import main
 from fashiondvc.errors import FashionError
-from fashiondvc.search import (
-    Searcher,
-    SearchIndex,
-    build_index,
-    parse_where,
-    rank,
-)
+from fashiondvc.index import SearchIndex, build_index
+from fashiondvc.search import Searcher, parse_where, rank
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +52,8 @@ def test_index_from_stored_features_equals_the_trunk_pass_over_the_photos(tmp_pa
     from fashiondvc.augment import augment_folder
     from fashiondvc.dataset import ingest, read_ingested
     from fashiondvc.features import featurize
+    from fashiondvc.index import build_index_from_features
     from fashiondvc.sample import make_sample_archive
-    from fashiondvc.search import build_index_from_features
     from fashiondvc.store import ImageStore
     from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
 

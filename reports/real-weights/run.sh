@@ -23,7 +23,6 @@ sweep() {   # beyond the paper: every recipe on validation photos (15%), best ep
   for labels in attrs20 colors11; do
     q() { local name=$1; shift; dvc exp run --queue -n "sweep-$labels-$name" \
             -S "labels=$labels" "${common[@]}" "$@" evaluate; }
-    q paper-lr      -S k=3 -S lr=1e-7
     q flatten       -S lr=1e-4
     q gap           -S lr=1e-3 -S model.head=gap
     q multi         -S lr=1e-3 -S model.head=multiscale

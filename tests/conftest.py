@@ -94,3 +94,11 @@ def pipeline_repo(tmp_path: Path, sample_zip: Path) -> Path:
     archive.parent.mkdir()
     shutil.copy(sample_zip, archive)
     return make_repo(tmp_path / "repo", archive)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted `dvc repro` of the reference sample (tests/faultkit.py), shared."""
+    from faultkit import reference_repo
+
+    return reference_repo(tmp_path_factory)

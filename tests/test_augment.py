@@ -34,8 +34,13 @@ def test_each_photo_gives_original_plus_copies(ingested, tmp_path):
 def test_augment_is_deterministic_across_worker_counts(ingested, tmp_path):
     run_augment(ingested, tmp_path / "a", workers=1)
     run_augment(ingested, tmp_path / "b", workers=2)
-    for shard in sorted((tmp_path / "a").glob("shard-*.bin")):
-        assert shard.read_bytes() == (tmp_path / "b" / shard.name).read_bytes()
+    shards = sorted(p.name for p in (tmp_path / "a").glob("shard-*.bin"))
+    assert shards == ["shard-00000.bin"]  # 24 images: one shard
+    assert sorted(p.name for p in (tmp_path / "b").glob("shard-*.bin")) == shards
+    for name in shards:
+        data = (tmp_path / "a" / name).read_bytes()
+        assert len(data) > 24 * 100  # 24 JPEGs
+        assert data == (tmp_path / "b" / name).read_bytes()
 
 
 def test_copies_differ_from_the_original_and_seed_matters(ingested, tmp_path):

@@ -9,12 +9,15 @@ subprocesses, to check the exit status and stderr of the actual command.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import pickle
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,6 @@ from faultkit import (
     closed_port,
     leftovers,
     member,
-    reference_repo,
     rewrite_zip,
     run_stage,
     serve,
@@ -438,9 +440,6 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, capsys):
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_repo(tmp_path_factory)
 
 
 def test_skipped_photo_is_reported_end_to_end(reference):
@@ -481,11 +480,39 @@ def test_bad_input_through_dvc_repro(pipeline_repo):
     assert not (pipeline_repo / "dvc.lock").exists()
 
 
-def test_servers_bind_to_loopback_unless_told_otherwise():
-    import inspect
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a socket LISTENing on ``port`` (from /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.add(address)
+    return found
 
-    from fashiondvc import cli, web
 
-    assert inspect.signature(web.serve).parameters["host"].default == "127.0.0.1"
-    args = cli.build_parser().parse_args(["serve"])
-    assert args.host == "127.0.0.1"
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net")
+def test_fashiondvc_serve_listens_on_loopback_only_by_default(tmp_path):
+    from searchkit import make_collection
+
+    collection = make_collection(tmp_path)
+    port = closed_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fashiondvc.cli", "serve", "--port", str(port),
+         "--index", str(collection.index_dir), "--model", str(collection.model)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not listening_addresses(port):
+            assert server.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server never listened"
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert page.status == 200
+        # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex); nothing on 0.0.0.0 or ::
+        assert listening_addresses(port) == {"0100007F"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -10,19 +10,12 @@ from faultkit import (
     REFERENCE_PARAMS,
     make_repo,
     reference_archive,
-    reference_repo,
     results,
     run_stage,
     workdir,
 )
 
 from fashiondvc.augment import augment_folder
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_repo(tmp_path_factory)
-
 
 #: Stages whose every output must match byte for byte.
 STAGES = ("ingest", "augment", "split", "featurize", "train")

@@ -8,7 +8,7 @@ import pytest
 from conftest import run
 from mlflow.tracking import MlflowClient
 
-from fashiondvc.paper import compare, paper_table, queue_commands, to_markdown
+from fashiondvc.paper import paper_table
 
 pytestmark = pytest.mark.slow
 
@@ -110,22 +110,3 @@ def test_paper_queue_queues_the_fourteen_rows(pipeline_repo):
         assert float(row["k"]) == table.loc[name, "k"]
         assert float(row["lr"]) == pytest.approx(table.loc[name, "lr"])
         assert float(row["train.epochs"]) == 1
-
-
-def test_queue_commands_pass_overrides_through():
-    commands = queue_commands(["model.frozen_convs=13"])
-    assert len(commands) == 14
-    assert commands[6] == ["dvc", "exp", "run", "--queue", "-n", "g7", "-S", "labels=attrs20",
-                           "-S", "k=2", "-S", "lr=1e-06", "-S", "model.frozen_convs=13",
-                           "evaluate"]
-
-
-def test_report_says_which_rows_have_not_run():
-    results = pd.DataFrame({"f1_train_test": [0.6], "train_loss": [5.0], "test_loss": [6.0],
-                            "accuracy_keras": [0.5], "f1_micro": [0.55],
-                            "accuracy_labelwise": [0.8], "map": [0.4]}, index=["g8"])
-    comparison = compare(results)
-    text = to_markdown(comparison)
-    assert "| g8 | 20 | 3 | 1e-07 | 0.52 / 0.60 |" in text
-    assert text.count("not run yet") == 13 * 4
-    assert "g13 and g14 have identical settings" in text

@@ -19,7 +19,6 @@ from faultkit import (
     leftovers,
     make_repo,
     reference_archive,
-    reference_repo,
     repro_env,
     repro_until_hang,
     results,
@@ -30,12 +29,6 @@ from faultkit import (
 from fashiondvc.io import _owner_tag, atomic_path, remove_stale_tmp
 from fashiondvc.net import AttributeNet
 from fashiondvc.train import FeatureSet, TrainConfig, fit
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_repo(tmp_path_factory)
-
 
 # --------------------------------------------------------------------------- atomic writes
 

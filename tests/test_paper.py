@@ -1,0 +1,64 @@
+"""The paper's table: queue commands, and the report's rows, variants and notes (no DVC run)."""
+
+import pandas as pd
+import pytest
+
+from fashiondvc.errors import FashionError
+from fashiondvc.paper import BEYOND, compare, others, queue_commands, to_markdown
+
+
+def test_queue_commands_pass_overrides_through():
+    commands = queue_commands(["model.frozen_convs=13"])
+    assert len(commands) == 14
+    assert commands[6] == ["dvc", "exp", "run", "--queue", "-n", "g7", "-S", "labels=attrs20",
+                           "-S", "k=2", "-S", "lr=1e-06", "-S", "model.frozen_convs=13",
+                           "evaluate"]
+
+
+def test_rows_and_suffix_name_the_variants():
+    commands = queue_commands(["split.group_by_source=false"], rows=["g8", "g2"],
+                              suffix="-leak")
+    assert [c[5] for c in commands] == ["g2-leak", "g8-leak"]  # in table order
+    assert "split.group_by_source=false" in commands[0]
+    with pytest.raises(FashionError, match="--rows: unknown row 'g15'"):
+        queue_commands(rows=["g15"])
+    with pytest.raises(FashionError, match="expected key=value"):
+        queue_commands(["k5"])
+
+
+def test_beyond_queues_one_recipe_per_label_set():
+    commands = queue_commands(["model.weights=w.pth"], beyond=True)
+    assert [c[5] for c in commands] == [f"beyond-{labels}" for labels in BEYOND]
+    for command, (labels, preset) in zip(commands, BEYOND.items(), strict=True):
+        settings = command[7:-1:2]
+        assert settings == [f"labels={labels}", *preset, "model.weights=w.pth"]
+
+
+def test_report_says_which_rows_have_not_run():
+    results = pd.DataFrame({"f1_train_test": [0.6], "train_loss": [5.0], "test_loss": [6.0],
+                            "accuracy_keras": [0.5], "f1_micro": [0.55],
+                            "accuracy_labelwise": [0.8], "map": [0.4],
+                            "baseline_f1_micro": [0.52], "baseline_map": [0.16]},
+                           index=["g8"])
+    comparison = compare(results)
+    text = to_markdown(comparison)
+    assert "| g8 | 20 | 3 | 1e-07 | 0.52 / 0.60 |" in text
+    assert "| 0.550 / 0.520 | 0.400 / 0.160 |" in text
+    assert text.count("not run yet") == 13 * 4
+    assert "g13 and g14 have identical settings" in text
+
+
+def test_variants_are_listed_with_the_settings_that_differ():
+    results = pd.DataFrame({
+        "labels": ["attrs20", "attrs20", "colors11"], "k": [3, 3, 1],
+        "split.group_by_source": [True, False, True], "model.head": ["flatten"] * 2 + ["gap"],
+        "f1_micro": [0.5, 0.6, 0.7], "f1_micro_fixed": [0.5, 0.6, 0.65], "map": [0.3, 0.4, 0.5],
+        "f1_train_test": [0.5, 0.6, 0.7], "baseline_f1_micro": [0.52, 0.52, 0.38],
+        "baseline_map": [0.16, 0.16, 0.12], "retrieval_p10": [0.4, 0.4, 0.3],
+        "retrieval_p10_chance": [0.2, 0.2, 0.1]}, index=["g8", "g8-leak", "beyond-colors11"])
+    variants = others(results)
+    assert variants["experiment"].tolist() == ["beyond-colors11", "g8-leak"]
+    assert variants.set_index("experiment").loc["g8-leak", "varies"] == "g8"
+    text = to_markdown(compare(results), variants=variants)
+    assert "## Variants and recipes" in text
+    assert "| g8-leak | attrs20 | 3 | False | flatten | 0.600 | 0.600 | 0.400 |" in text

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,3 +289,33 @@ def test_stage_processes_start_no_network_connections(reference, tmp_path, monke
     assert "WARNING" not in result.stderr
     assert results(repo) == results(reference)  # in-process runs are no different
     assert os.path.exists(tmp_path / "mlflow.db")
+
+
+def mlflow_runs(repo: Path) -> list[tuple[str, str]]:
+    """(name, status) of every MLflow run in the repository's SQLite store."""
+    import sqlite3
+
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        return db.execute("select name, status from runs").fetchall()
+
+
+def test_sigkill_in_evaluate_and_index_then_repro_matches_the_reference(reference, tmp_path):
+    """Evaluate killed after writing its metrics, before logging to MLflow; index killed just
+    before saving. The next ``dvc repro`` ends with the reference bytes, a complete index, no
+    MLflow run left RUNNING and at most one new run."""
+    repo = copy_repo(reference, tmp_path / "repo")
+    runs_before = mlflow_runs(repo)
+    (repo / "metrics" / "metrics.json").unlink()  # evaluate's output gone: it must rerun
+    shutil.rmtree(repo / "data" / "index")        # index's output gone: it must rerun
+    assert "Running stage 'evaluate'" in repro_until_hang(repo, "evaluate")
+    assert mlflow_runs(repo) == runs_before       # killed before logging: no stray run
+    assert "Running stage 'index'" in repro_until_hang(repo, "index")
+    assert not (repo / "data" / "index").exists()  # never half-written
+    final = run(["dvc", "repro"], repo)
+    assert "Running stage 'index'" in final.stdout
+    assert results(repo) == results(reference)
+    runs_after = mlflow_runs(repo)
+    assert all(status == "FINISHED" for _, status in runs_after)
+    assert len(runs_before) <= len(runs_after) <= len(runs_before) + 1
+    assert json.loads((repo / "data" / "index" / "meta.json").read_text())["n_images"] == 23
+    assert run(["dvc", "status"], repo).stdout.split() == ["inputs:", "always", "changed"]

@@ -8,6 +8,8 @@ hang point the process writes its pid to ``$FASHIONDVC_TEST_HANG_MARKER`` and sl
 - augment: at the 5th image appended to a shard
 - featurize: at the 2nd batch (features.npy half-written)
 - train: right after the checkpoint of epoch 1 is saved
+- evaluate: after the metrics files are written, before the MLflow run is logged
+- index: when the finished index is about to be saved
 """
 
 import os
@@ -59,6 +61,14 @@ def _install(stage: str) -> None:
             _park()
 
         module.save_checkpoint = save_then_park
+    elif stage == "evaluate":
+        import fashiondvc.tracking as module
+
+        module.log_evaluation = _after(1, module.log_evaluation)
+    elif stage == "index":
+        import fashiondvc.index as module
+
+        module.SearchIndex.save = _after(1, module.SearchIndex.save)
 
 
 if _STAGE and sys.argv and sys.argv[0].replace("\\", "/").endswith(f"stages/{_STAGE}.py"):

@@ -174,9 +174,21 @@ def shared_settings(results: pd.DataFrame, rows: Sequence[str]) -> dict[str, str
             for key in SETTINGS if key in done.columns and len(done)}
 
 
+def _same_number(a: object, b: object) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None,
-                variants: pd.DataFrame | None = None, preamble: str = "") -> str:
-    """The comparison as Markdown tables with the notes a reader needs."""
+                variants: pd.DataFrame | None = None, preamble: str = "",
+                defaults: dict | None = None) -> str:
+    """The comparison as Markdown tables with the notes a reader needs.
+
+    The variants table shows the `RECIPE_KEYS` that differ between variants or from
+    ``defaults`` (flattened ``params.yaml``).
+    """
     header = ("| row | y | k | lr | F1 (train+test) paper / ours | train loss paper / ours | "
               "test loss paper / ours | test acc. paper / ours (Keras-style) | "
               "test micro-F1 ours / label freq. | test mAP ours / label freq. |")
@@ -216,12 +228,20 @@ def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None
     text = (preamble + "\n\n" if preamble else "") + "\n".join(lines) + "\n\n" + "\n".join(
         f"- {note}" for note in notes) + "\n"
     if variants is not None and len(variants):
-        text += "\n## Variants and recipes\n\n" + _variants_markdown(variants)
+        text += "\n## Variants and recipes\n\n" + _variants_markdown(variants, defaults)
     return text
 
 
-def _variants_markdown(variants: pd.DataFrame) -> str:
-    keys = [k for k in RECIPE_KEYS if variants[k].nunique(dropna=True) > 1 or k == "labels"]
+def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> str:
+    defaults = defaults or {}
+
+    def differs(key: str) -> bool:
+        values = variants[key].dropna()
+        return values.nunique() > 1 or (key in defaults and len(values) > 0 and any(
+            str(v).lower() != str(defaults[key]).lower() and not _same_number(v, defaults[key])
+            for v in values))
+
+    keys = [k for k in RECIPE_KEYS if k == "labels" or differs(k)]
     head = ["experiment", *keys, "test micro-F1 (0.5)", "test micro-F1", "test mAP",
             "label freq. F1 / mAP", "retrieval P@10 / chance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -269,6 +289,18 @@ def plot(comparison: pd.DataFrame, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _defaults(params_yaml: Path) -> dict:
+    """``params.yaml`` flattened (YAML 1.2, not validated), or {} if unreadable."""
+    from ruamel.yaml import YAML, YAMLError
+
+    from fashiondvc.params import flatten
+
+    try:
+        return flatten(YAML(typ="safe", pure=True).load(params_yaml.read_text()) or {})
+    except (OSError, YAMLError, AttributeError):
+        return {}
+
+
 def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/latest",
            preamble: str = "") -> Path:
     """Write ``paper_table.md``, ``.csv``, ``.png`` and ``variants.csv`` into ``out_dir``.
@@ -281,10 +313,11 @@ def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/
     comparison = compare(results)
     settings = shared_settings(results, comparison["row"])
     variants = others(results)
+    defaults = _defaults(Path(repo) / "params.yaml")
     write_csv(out_dir / "paper_table.csv", comparison)
     write_csv(out_dir / "variants.csv", variants)
     with atomic_path(out_dir / "paper_table.md") as tmp:
         tmp.write_text("# The paper's table, reproduced\n\n"
-                       + to_markdown(comparison, settings, variants, preamble))
+                       + to_markdown(comparison, settings, variants, preamble, defaults))
     plot(comparison, out_dir / "paper_table.png")
     return out_dir / "paper_table.md"

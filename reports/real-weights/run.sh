@@ -10,12 +10,15 @@ REAL=(-S "model.weights=$WEIGHTS")
 table() {   # g1..g14 at frozen_convs 13, the paper's 10 epochs, grouped split
   fashiondvc paper queue "${REAL[@]}" -S model.frozen_convs=13
 }
-leak() {    # g2 and g8 on the paper's per-image split (copies of a photo on both sides)
-  fashiondvc paper queue --rows g2,g8 --suffix=-leak "${REAL[@]}" -S model.frozen_convs=13 \
+leak() {    # g2, g7 and g8 on the paper's per-image split (copies of a photo on both sides)
+  fashiondvc paper queue --rows g2,g7,g8 --suffix=-leak "${REAL[@]}" -S model.frozen_convs=13 \
     -S split.group_by_source=false
 }
 fc12() {    # g2 and g8 at the paper's own setting: conv5_3 trained with the head
-  fashiondvc paper queue --rows g2,g8 --suffix=-fc12 "${REAL[@]}" -S model.frozen_convs=12
+  fashiondvc paper queue --rows g8 --suffix=-fc12 "${REAL[@]}" -S model.frozen_convs=12 \
+    -S train.precision=bf16
+  fashiondvc paper queue --rows g2 --suffix=-fc12 "${REAL[@]}" -S model.frozen_convs=12 \
+    -S train.precision=bf16
 }
 sweep() {   # beyond the paper: every recipe on validation photos (15%), best epoch by val mAP
   local common=("${REAL[@]}" -S model.frozen_convs=13 -S split.val_size=0.15

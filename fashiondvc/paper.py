@@ -41,12 +41,15 @@ def paper_table() -> pd.DataFrame:
     return table
 
 
-#: The recipe chosen on validation data (see README, "Beyond the paper"): ``-S`` overrides per
-#: label set, queued by ``fashiondvc paper queue --beyond`` as ``beyond-<labels>``.
-BEYOND: dict[str, tuple[str, ...]] = {
-    "attrs20": (),
-    "colors11": (),
-}
+#: The recipe chosen on validation photos (reports/real-weights/README.md): each component won
+#: its comparison on validation mAP in the sweep (multiscale head over gap and flatten; the
+#: asymmetric loss and per-label frequency weights over plain weighted BCE), with the best epoch
+#: by validation mAP and per-label thresholds tuned on validation. Queued by
+#: ``fashiondvc paper queue --beyond`` as ``beyond-<labels>``.
+RECIPE = ("model.frozen_convs=13", "model.head=multiscale", "train.loss=asl", "train.gamma=4",
+          "train.pos_weight=frequency", "k=1", "lr=0.001", "train.epochs=20",
+          "split.val_size=0.15", "train.select=best", "evaluate.thresholds=tuned")
+BEYOND: dict[str, tuple[str, ...]] = {"attrs20": RECIPE, "colors11": RECIPE}
 
 
 def queue_commands(overrides: Sequence[str] = (), force: bool = False,

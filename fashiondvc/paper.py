@@ -155,8 +155,8 @@ def others(results: pd.DataFrame) -> pd.DataFrame:
     """
     rows = set(paper_table()["row"])
     names = [n for n in results.index if n not in rows]
-    columns = ["f1_micro", "f1_micro_fixed", "map", "f1_train_test", "baseline_f1_micro",
-               "baseline_map", "retrieval_p10", "retrieval_p10_chance"]
+    columns = ["val_map", "f1_micro", "f1_micro_fixed", "map", "f1_train_test",
+               "baseline_f1_micro", "baseline_map", "retrieval_p10", "retrieval_p10_chance"]
     out = pd.DataFrame({"experiment": names,
                         "varies": [n.split("-")[0] if n.split("-")[0] in rows else ""
                                    for n in names]})
@@ -245,7 +245,7 @@ def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> 
             for v in values))
 
     keys = [k for k in RECIPE_KEYS if k == "labels" or differs(k)]
-    head = ["experiment", *keys, "test micro-F1 (0.5)", "test micro-F1", "test mAP",
+    head = ["experiment", *keys, "val mAP", "test micro-F1 (0.5)", "test micro-F1", "test mAP",
             "label freq. F1 / mAP", "retrieval P@10 / chance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -259,7 +259,8 @@ def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> 
 
     for r in variants.to_dict("records"):
         lines.append("| " + " | ".join([
-            r["experiment"], *(text(r[k]) for k in keys), num(r["f1_micro_fixed"]),
+            r["experiment"], *(text(r[k]) for k in keys), num(r["val_map"]),
+            num(r["f1_micro_fixed"]),
             num(r["f1_micro"]), num(r["map"]),
             f"{num(r['baseline_f1_micro'])} / {num(r['baseline_map'])}",
             f"{num(r['retrieval_p10'])} / {num(r['retrieval_p10_chance'])}"]) + " |")

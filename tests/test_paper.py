@@ -61,4 +61,4 @@ def test_variants_are_listed_with_the_settings_that_differ():
     assert variants.set_index("experiment").loc["g8-leak", "varies"] == "g8"
     text = to_markdown(compare(results), variants=variants)
     assert "## Variants and recipes" in text
-    assert "| g8-leak | attrs20 | 3 | False | flatten | 0.600 | 0.600 | 0.400 |" in text
+    assert "| g8-leak | attrs20 | 3 | False | flatten |  | 0.600 | 0.600 | 0.400 |" in text

@@ -17,8 +17,9 @@ def test_repro_runs_every_stage_then_nothing(pipeline_repo):
     table = pd.read_csv(pipeline_repo / "metrics" / "per_attribute.csv")
     table = table[table["evaluated"]]
     tp = table["recall"] * table["support"]
-    predicted = (tp / table["precision"]).where(table["precision"] > 0, 0)
-    pooled = 2 * tp.sum() / (2 * tp.sum() + (predicted - tp).sum() + (table["support"] - tp).sum())
+    tn = table["accuracy"] * table["observed"] - tp
+    fp = table["observed"] - table["support"] - tn
+    pooled = 2 * tp.sum() / (2 * tp.sum() + fp.sum() + (table["support"] - tp).sum())
     assert metrics["f1_micro"] == pytest.approx(pooled, abs=1e-4)
     assert {"baseline_f1_micro", "baseline_map", "f1_micro_fixed", "map"} <= set(metrics)
     for png in ("history", "per_attribute", "pr_curves"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 
 import numpy as np
@@ -85,3 +86,39 @@ def test_normalize_uses_imagenet_statistics_channel_by_channel():
     expected = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), IMAGENET_MEAN, IMAGENET_STD,
                                                        strict=True)]
     np.testing.assert_allclose(out.flatten().numpy(), expected, rtol=1e-6)
+
+
+BAD_EXIF = [ORIENT_6, (0x0142, 2, 4, b"abc\0")]
+
+
+def test_malformed_exif_through_every_entry_point(tmp_path, capsys):
+    """ingest (on_corrupt: fail), index, `fashiondvc search` and the web API all read it."""
+    from searchkit import make_collection
+
+    from fashiondvc.cli import main
+    from fashiondvc.dataset import ingest
+    from fashiondvc.index import build_index
+    from fashiondvc.sample import make_sample_archive
+    from fashiondvc.search import Searcher
+    from fashiondvc.web import create_app
+
+    photo = jpeg_with_exif(BAD_EXIF, size=(64, 96))
+    folder = make_sample_archive(tmp_path / "sample", n_images=4, folder=True)
+    (folder / "images" / "000002.jpg").write_bytes(photo)
+    report = ingest(folder, tmp_path / "ingested")  # on_corrupt defaults to fail
+    assert report.n_images == 4 and not report.skipped
+
+    collection = make_collection(tmp_path / "c")
+    (collection.images / "exif.jpg").write_bytes(photo)
+    index, counts = build_index(collection.model, collection.images, tmp_path / "index")
+    assert "exif.jpg" in index.paths and counts["skipped"] == 0
+
+    (tmp_path / "query.jpg").write_bytes(photo)
+    main(["search", str(tmp_path / "query.jpg"), "--json", "--index", str(tmp_path / "index"),
+          "--model", str(collection.model)])
+    assert json.loads(capsys.readouterr().out)["results"]
+
+    client = create_app(Searcher.open(tmp_path / "index", collection.model)).test_client()
+    answer = client.post("/api/query", data={"photo": (io.BytesIO(photo), "bad-exif.jpg")},
+                         content_type="multipart/form-data")
+    assert answer.status_code == 200, answer.get_data(as_text=True)

@@ -54,13 +54,14 @@ def test_two_experiments_make_two_runs_and_a_report(pipeline_repo):
     assert "k" in params.split() and "5" in params.split()
 
     report = run(["fashiondvc", "paper", "report"], repo).stdout
-    table = pd.read_csv(repo / "reports" / "paper_table.csv")
+    assert "wrote reports/latest/paper_table.md" in report  # never the committed results
+    table = pd.read_csv(repo / "reports" / "latest" / "paper_table.csv")
     assert table.loc[table["row"] == "g2", "ours_test_loss"].item() == pytest.approx(
         g2.data.metrics["test_loss"], rel=1e-5)  # the CSV keeps 6 significant digits
     assert table["status"].tolist().count("done") == 2
     assert "not run yet" in report and "2 of 14 rows" in report
     assert "`model.weights` = random" in report and "`model.frozen_convs` = 13" in report
-    assert (repo / "reports" / "paper_table.png").stat().st_size > 5000
+    assert (repo / "reports" / "latest" / "paper_table.png").stat().st_size > 5000
 
 
 def test_four_queued_experiments_in_parallel_make_four_runs(pipeline_repo):

@@ -299,6 +299,7 @@ def mlflow_runs(repo: Path) -> list[tuple[str, str]]:
         return db.execute("select name, status from runs").fetchall()
 
 
+@pytest.mark.slow
 def test_sigkill_in_evaluate_and_index_then_repro_matches_the_reference(reference, tmp_path):
     """Evaluate killed after writing its metrics, before logging to MLflow; index killed just
     before saving. The next ``dvc repro`` ends with the reference bytes, a complete index, no

@@ -162,6 +162,8 @@ def others(results: pd.DataFrame) -> pd.DataFrame:
                                    for n in names]})
     for key in (*RECIPE_KEYS, *columns):
         out[key] = [results.at[n, key] if key in results.columns else None for n in names]
+    if out.empty:
+        return out
     return out.sort_values("experiment", key=lambda s: s.str.replace(r"\d+", lambda m:
                                                                      m.group().zfill(3),
                                                                      regex=True))

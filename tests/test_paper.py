@@ -62,3 +62,10 @@ def test_variants_are_listed_with_the_settings_that_differ():
     text = to_markdown(compare(results), variants=variants)
     assert "## Variants and recipes" in text
     assert "| g8-leak | attrs20 | 3 | False | flatten |  | 0.600 | 0.600 | 0.400 |" in text
+
+
+def test_report_with_only_paper_rows_has_no_variants_section():
+    results = pd.DataFrame({"f1_micro": [0.5], "map": [0.3]}, index=["g8"])
+    variants = others(results)
+    assert variants.empty
+    assert "## Variants" not in to_markdown(compare(results), variants=variants)

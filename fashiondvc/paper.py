@@ -252,7 +252,11 @@ def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def num(value: object) -> str:
-        return "" if value is None or pd.isna(value) else f"{float(value):.3f}"
+        try:  # exp_show gives None, NaN or "None" for a metric a run does not have
+            number = float(value)
+        except (TypeError, ValueError):
+            return ""
+        return "" if pd.isna(number) else f"{number:.3f}"
 
     def text(value: object) -> str:
         if isinstance(value, float) and value.is_integer():

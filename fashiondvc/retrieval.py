@@ -19,6 +19,15 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _scored_queries(query_positive: np.ndarray, collection_positive: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Both label matrices as bool, which queries count (>= 1 positive), and their sizes."""
+    query_positive = np.asarray(query_positive, dtype=bool)
+    collection_positive = np.asarray(collection_positive, dtype=bool)
+    sizes = query_positive.sum(axis=1)
+    return query_positive, collection_positive, sizes > 0, sizes
+
+
 def precision_at_k(query_embeddings: np.ndarray, query_positive: np.ndarray,
                    collection_embeddings: np.ndarray, collection_positive: np.ndarray,
                    k: int = 10) -> float:
@@ -37,10 +46,8 @@ def precision_at_k(query_embeddings: np.ndarray, query_positive: np.ndarray,
     query_positive, collection_positive : ndarray of bool, shapes (n_q, L) and (n_c, L)
         True where a label is observed and positive.
     """
-    query_positive = np.asarray(query_positive, dtype=bool)
-    collection_positive = np.asarray(collection_positive, dtype=bool)
-    sizes = query_positive.sum(axis=1)
-    valid = sizes > 0
+    query_positive, collection_positive, valid, sizes = _scored_queries(query_positive,
+                                                                        collection_positive)
     if not valid.any() or len(collection_embeddings) == 0:
         return float("nan")
     k = min(k, len(collection_embeddings))
@@ -56,10 +63,8 @@ def chance_precision(query_positive: np.ndarray, collection_positive: np.ndarray
     A random collection photo shares on average ``mean_r |P(q) & P(r)| / |P(q)|`` of a query's
     attributes; the mean over queries with a positive label (NaN when there are none).
     """
-    query_positive = np.asarray(query_positive, dtype=bool)
-    collection_positive = np.asarray(collection_positive, dtype=bool)
-    sizes = query_positive.sum(axis=1)
-    valid = sizes > 0
+    query_positive, collection_positive, valid, sizes = _scored_queries(query_positive,
+                                                                        collection_positive)
     if not valid.any() or len(collection_positive) == 0:
         return float("nan")
     rate = collection_positive.mean(axis=0)  # share of the collection with each label

@@ -156,8 +156,7 @@ def _log(params, history, metrics, artifacts, tags) -> str:
 def log_evaluation(params: Mapping[str, Any], history: list[dict], headline: Mapping[str, Any],
                    artifacts: Iterable[str | os.PathLike], dataset_sha256: str) -> str | None:
     """`log_pipeline_run` with the DVC experiment, baseline commit and dataset hash as tags."""
-    return log_pipeline_run(params, history, {k: v for k, v in headline.items() if v is not None},
-                            artifacts,
+    return log_pipeline_run(params, history, headline, artifacts,
                             tags={"dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
                                   "dvc.baseline_rev": git_revision(),
                                   "dataset.sha256": dataset_sha256})

@@ -205,8 +205,8 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     Each row holds ``epoch``, ``train_loss``, ``test_loss`` and ``test_f1`` (micro F1 at
     ``config.threshold``), with a validation set also ``val_loss``, ``val_f1`` and ``val_map``,
     and ``selected`` (1 on the epoch whose weights ``net`` ends with: the last, or with
-    ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model, the best
-    weights so far, optimizer, random state and history are saved after every epoch (before
+    ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model (and, for
+    ``select="best"``, the best weights so far), optimizer, random state and history are saved after every epoch (before
     ``on_epoch`` is called), and a run started with an existing checkpoint continues from it,
     ending bit-identical to an uninterrupted run. A checkpoint that cannot be used is ignored
     with a warning and training starts over.
@@ -243,7 +243,7 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
             val = score(net, val_set, config, device)
             row.update(val_loss=val["loss"], val_f1=val["f1"], val_map=val["map"])
         history.append(row)
-        if config.select == "last" or best is None or _better(row, best["row"]):
+        if config.select == "best" and (best is None or _better(row, best["row"])):
             best = {"row": row, "state": copy.deepcopy(net.state_dict())}
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()))
@@ -253,8 +253,9 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
             on_epoch(row)
     if best is not None:
         net.load_state_dict(best["state"])
-        for row in history:
-            row["selected"] = int(row["epoch"] == best["row"]["epoch"])
+    selected = best["row"]["epoch"] if best is not None else len(history)
+    for row in history:
+        row["selected"] = int(row["epoch"] == selected)
     return history
 
 

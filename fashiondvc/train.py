@@ -206,8 +206,8 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     ``config.threshold``), with a validation set also ``val_loss``, ``val_f1`` and ``val_map``,
     and ``selected`` (1 on the epoch whose weights ``net`` ends with: the last, or with
     ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model (and, for
-    ``select="best"``, the best weights so far), optimizer, random state and history are saved after every epoch (before
-    ``on_epoch`` is called), and a run started with an existing checkpoint continues from it,
+    ``select="best"``, the best weights so far), optimizer, random state and history are
+    saved after every epoch (before ``on_epoch`` is called), and a run started with an existing checkpoint continues from it,
     ending bit-identical to an uninterrupted run. A checkpoint that cannot be used is ignored
     with a warning and training starts over.
     """

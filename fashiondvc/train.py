@@ -207,9 +207,9 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     and ``selected`` (1 on the epoch whose weights ``net`` ends with: the last, or with
     ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model (and, for
     ``select="best"``, the best weights so far), optimizer, random state and history are
-    saved after every epoch (before ``on_epoch`` is called), and a run started with an existing checkpoint continues from it,
-    ending bit-identical to an uninterrupted run. A checkpoint that cannot be used is ignored
-    with a warning and training starts over.
+    saved after every epoch (before ``on_epoch`` is called), and a run started with an
+    existing checkpoint continues from it, ending bit-identical to an uninterrupted run. A
+    checkpoint that cannot be used is ignored with a warning and training starts over.
     """
     if config.select == "best" and val_set is None:
         raise FashionError("train.select: 'best' needs validation rows (split.val_size > 0)")

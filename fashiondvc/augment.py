@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
-from tqdm.auto import tqdm
 
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, write_csv
 from fashiondvc.preprocess import encode_jpeg, load_rgb, resize
+from fashiondvc.progress import progress
 from fashiondvc.store import ShardWriter
 
 
@@ -87,8 +87,8 @@ def augment_folder(images_dir: str | os.PathLike, image_ids: Sequence[int],
     with atomic_path(out_dir, is_dir=True) as tmp, _Pool(workers) as pool, \
             ShardWriter(tmp) as writer:
         results = pool.map(_variants_of_file, jobs, chunksize=8)
-        for (_, image_id, *_), encoded in tqdm(zip(jobs, results, strict=True), total=len(jobs),
-                                               desc="augment", unit="photo", disable=None):
+        for (_, image_id, *_), encoded in progress(zip(jobs, results, strict=True),
+                                                   total=len(jobs), desc="augment", unit="photo"):
             for copy, data in enumerate(encoded):
                 shard, offset = writer.append(data)
                 rows.append((len(rows), image_id, copy, shard, offset, len(data)))

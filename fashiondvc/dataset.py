@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.io
-from tqdm.auto import tqdm
 
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file, write_csv, write_json
 from fashiondvc.labels import ATTRIBUTES, N_CLASSES
 from fashiondvc.preprocess import load_rgb
+from fashiondvc.progress import progress
 
 #: Largest archive member read into memory (real images are under 1 MB, labels under 50 kB).
 MAX_MEMBER_BYTES = 256 * 2**20
@@ -193,8 +193,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None,
                     open(tmp, "wb") as out:
                 length = response.headers.get("Content-Length")  # file:// sets it too
                 total = int(length) if length and length.isdigit() else None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
-                          disable=None) as bar:
+                with progress(total=total, unit="B", unit_scale=True,
+                              desc=f"download {dest.name}") as bar:
                     received = 0
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
@@ -267,7 +267,7 @@ def ingest(archive: str | os.PathLike, out_dir: str | os.PathLike, *,
         images_dir = tmp / "images"
         images_dir.mkdir()
         kept, skipped = [], []
-        for image_id in tqdm(table["image_id"], desc="ingest", unit="img", disable=None):
+        for image_id in progress(table["image_id"], desc="ingest", unit="img"):
             member = image_member(int(image_id))
             try:
                 data = reader.read(member)

@@ -336,6 +336,6 @@ def _sha256(data: bytes) -> str:
 
 
 def _progress(items: list) -> Iterable:
-    from tqdm.auto import tqdm
+    from fashiondvc.progress import progress
 
-    return tqdm(items, desc="index", unit="photo", disable=None)
+    return progress(items, desc="index", unit="photo")

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from fashiondvc import losses, metrics
 from fashiondvc.errors import FashionError
 from fashiondvc.features import RAM_BUDGET_BYTES, load_features, read_rows
 from fashiondvc.io import atomic_path
+from fashiondvc.progress import progress
 from fashiondvc.runtime import autocast, resolve_device
 
 
@@ -148,7 +148,7 @@ def train_one_epoch(net: nn.Module, data: DataLoader, optimizer: torch.optim.Opt
     """One pass over the training batches; returns the mean loss per image."""
     net.train()
     total, count = 0.0, 0
-    for x, s, y, m in tqdm(data, desc=desc, unit="batch", leave=False, disable=None):
+    for x, s, y, m in progress(data, desc=desc, unit="batch", leave=False, steps=10):
         x, s, y, m = x.to(device), s.to(device), y.to(device), m.to(device)
         with autocast(device, config.precision):
             outputs = net(x, s)
@@ -170,7 +170,7 @@ def predict(net: nn.Module, data: DataLoader, device: torch.device,
     """
     net.eval()
     chunks = []
-    for x, s, *_ in tqdm(data, desc="predict", unit="batch", leave=False, disable=None):
+    for x, s, *_ in progress(data, desc="predict", unit="batch", leave=False, steps=10):
         with autocast(device, precision):
             outputs = net(x.to(device), s.to(device))
         chunks.append(outputs.float().cpu())

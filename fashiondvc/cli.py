@@ -1,4 +1,4 @@
-"""The ``fashiondvc`` command: demo, paper table, search."""
+"""The ``fashiondvc`` command: demo, paper table, plots, search."""
 
 from __future__ import annotations
 
@@ -78,6 +78,26 @@ def _paper_report(args: argparse.Namespace) -> None:
           f"{path.parent / 'variants.csv'}")
 
 
+def _plots_compare(args: argparse.Namespace) -> None:
+    from fashiondvc.plots import compare
+
+    for path in compare(args.revs, args.out):
+        print(f"wrote {path}")
+
+
+def _add_plots_commands(commands: argparse._SubParsersAction) -> None:
+    plots = commands.add_parser("plots", help="PNG plots that work offline")
+    plots_commands = plots.add_subparsers(dest="plots_command", required=True)
+    compare = plots_commands.add_parser(
+        "compare", help="per-epoch curves and per-attribute F1 of experiments, over each other")
+    compare.add_argument("revs", nargs="+", metavar="REV",
+                         help="two or more DVC experiment names, commits, branches, tags or "
+                              "'workspace'")
+    compare.add_argument("--out", default="dvc_plots/compare",
+                         help="output folder (default: dvc_plots/compare, git-ignored)")
+    compare.set_defaults(handler=_plots_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashiondvc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: reports/latest; the committed reference "
                              "results are in reports/real-weights)")
     report.set_defaults(handler=_paper_report)
+    _add_plots_commands(commands)
     _add_search_commands(commands)
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fashiondvc import losses, metrics
+from fashiondvc import distributed, losses, metrics
 from fashiondvc.errors import FashionError
 from fashiondvc.features import RAM_BUDGET_BYTES, load_features, read_rows
 from fashiondvc.io import atomic_path
@@ -36,7 +37,8 @@ class FeatureSet(Dataset):
 
     Rows that fit `RAM_BUDGET_BYTES` are read into memory once, in the stored dtype (fp16:
     about 0.7 GB for the train rows at ``frozen_convs=13``); larger sets are read batch by
-    batch with `read_rows`, so resident memory stays one batch whatever the file size. Items
+    batch with `read_rows`, so resident memory stays one batch whatever the file size (always
+    under torchrun: each rank reads only its rows, the page cache holds the file once). Items
     are batches ``(x, side, y, mask)``: float32 (n, C, H, W), float32 (n, side width; 0 wide
     without side features), float32 (n, n_labels), float32 (n, n_labels).
     """
@@ -51,7 +53,7 @@ class FeatureSet(Dataset):
                      else read_rows(side, self.rows).float())
         nbytes = len(self.rows) * int(np.prod(features.shape[1:])) * features.dtype.itemsize
         if in_memory is None:
-            in_memory = nbytes <= RAM_BUDGET_BYTES
+            in_memory = nbytes <= RAM_BUDGET_BYTES and distributed.world_size() == 1
         self.cache = read_rows(features, self.rows) if in_memory else None
 
     def __len__(self) -> int:
@@ -124,11 +126,17 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer
 
 def loader(dataset: FeatureSet, batch_size: int, *, shuffle: bool, seed: int,
            epoch: int = 0) -> DataLoader:
-    """Batches in a fixed order per (seed, epoch), so a resumed run sees the same batches."""
+    """Batches in a fixed order per (seed, epoch), so a resumed run sees the same batches.
+
+    Shuffled under torchrun, this rank's share of each batch (`distributed.shard`).
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    sampler = torch.utils.data.BatchSampler(
-        torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-        else torch.utils.data.SequentialSampler(dataset), batch_size, drop_last=False)
+    rows = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
+            else torch.utils.data.SequentialSampler(dataset))
+    if shuffle and distributed.world_size() > 1:
+        rows = distributed.shard(dataset, seed * 100_003 + epoch)
+        batch_size = distributed.local_batch_size(batch_size)
+    sampler = torch.utils.data.BatchSampler(rows, batch_size, drop_last=False)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=_already_batched)
 
 
@@ -210,19 +218,22 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     saved after every epoch (before ``on_epoch`` is called), and a run started with an
     existing checkpoint continues from it, ending bit-identical to an uninterrupted run. A
     checkpoint that cannot be used is ignored with a warning and training starts over.
+    Under torchrun each rank trains on its share of every batch (`fashiondvc.distributed`);
+    only rank 0 saves the checkpoint and calls ``on_epoch``.
     """
     if config.select == "best" and val_set is None:
         raise FashionError("train.select: 'best' needs validation rows (split.val_size > 0)")
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device), config.batch_size)
     torch.manual_seed(config.seed)
     net.to(device)
     optimizer = make_optimizer(net, config)
     history: list[dict] = []
     best: dict | None = None
-    if checkpoint and Path(checkpoint).exists():
+    saved = distributed.read_on_main(checkpoint) if checkpoint else None
+    if saved is not None:
         initial = copy.deepcopy(net.state_dict())
         try:
-            history, best = resume(checkpoint, net, optimizer, device, config.epochs)
+            history, best = resume(saved, net, optimizer, device, config.epochs)
             print(f"resuming from {checkpoint} after epoch {len(history)}")
         except Exception as exc:  # corrupt, or from another version of the code
             print(f"warning: cannot resume from {checkpoint} ({type(exc).__name__}: {exc}); "
@@ -231,11 +242,15 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
             optimizer = make_optimizer(net, config)
             torch.manual_seed(config.seed)
             history, best = [], None
+    model = distributed.wrap(net, device)
     for epoch in range(len(history) + 1, config.epochs + 1):
+        if distributed.world_size() > 1:
+            torch.manual_seed(distributed.epoch_seed(config.seed, epoch))
         train_loader = loader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                               epoch=epoch)
-        train_loss = train_one_epoch(net, train_loader, optimizer, config, device,
-                                     desc=f"epoch {epoch}/{config.epochs}")
+        train_loss = distributed.average(train_one_epoch(
+            model, train_loader, optimizer, config, device,
+            desc=f"epoch {epoch}/{config.epochs}"))
         test = score(net, test_set, config, device)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test["loss"],
                "test_f1": test["f1"]}
@@ -245,6 +260,8 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
         history.append(row)
         if config.select == "best" and (best is None or _better(row, best["row"])):
             best = {"row": row, "state": copy.deepcopy(net.state_dict())}
+        if not distributed.is_main():
+            continue
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()))
         if checkpoint:
@@ -280,9 +297,10 @@ def save_checkpoint(path: str | os.PathLike, net: nn.Module, optimizer: torch.op
         torch.save(state, tmp)
 
 
-def resume(path: str | os.PathLike, net: nn.Module, optimizer: torch.optim.Optimizer,
-           device: torch.device, epochs: int) -> tuple[list[dict], dict | None]:
-    """Restore ``net``, ``optimizer`` and the random state from a checkpoint.
+def resume(path: str | os.PathLike | io.BytesIO, net: nn.Module,
+           optimizer: torch.optim.Optimizer, device: torch.device, epochs: int
+           ) -> tuple[list[dict], dict | None]:
+    """Restore ``net``, ``optimizer`` and the random state from a checkpoint (file or bytes).
 
     Returns its history and the best epoch so far (``{"row", "state"}`` or None). Loaded with
     ``weights_only=True`` onto the CPU (random states must stay there); raises if the
@@ -394,5 +412,6 @@ def build_run(params: dict, data: Splits, names: list[str], inputs: list) -> Run
     run_id = fingerprint(params={k: v for k, v in params.items() if k != "search"},
                          inputs=identities,
                          code=[sha256_file(m.__file__) for m in (sys.modules[__name__],
-                                                                 net_module, losses)])
+                                                                 net_module, losses,
+                                                                 distributed)])
     return Run(net, config, saved, run_id)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fashiondvc import distributed
 from fashiondvc.errors import run_main
 from fashiondvc.io import write_csv
 from fashiondvc.labels import resolve_label_set
@@ -16,6 +17,7 @@ from fashiondvc.train import build_run, fit, load_splits
 def main() -> None:
     labels_csv, split_csv, features_dir, model_path, history_csv = sys.argv[1:6]
     params = load_params()
+    distributed.launch(params["train"])  # train.devices > 1: torchrun
     names = resolve_label_set(params["labels"])
     data = load_splits(labels_csv, split_csv, features_dir, names,
                        side=params["model"]["head"] == "multiscale")
@@ -23,6 +25,8 @@ def main() -> None:
     history = fit(run.net, data.subset(data.train_rows), data.subset(data.test_rows),
                   run.config, val_set=data.subset(data.val_rows) if len(data.val_rows) else None,
                   checkpoint=Path(".checkpoints") / f"train-{run.id}.pt")
+    if not distributed.is_main():
+        return  # rank 0 writes
     save_net(run.net, model_path, run.saved_config)
     write_csv(history_csv, pd.DataFrame(history))
     (Path(".checkpoints") / f"train-{run.id}.pt").unlink(missing_ok=True)

@@ -98,6 +98,13 @@ def _add_plots_commands(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=_plots_compare)
 
 
+def _track(args: argparse.Namespace) -> None:
+    from fashiondvc.tracking import relog
+
+    if relog(args.metrics, args.model, args.manifest) is None:
+        raise FashionError("MLflow tracking failed (see the warning above)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashiondvc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "results are in reports/real-weights)")
     report.set_defaults(handler=_paper_report)
     _add_plots_commands(commands)
+    track = commands.add_parser(
+        "track", help="log the workspace's pipeline outputs to MLflow again (after a failed or "
+        "unfinished run; name: $DVC_EXP_NAME or workspace@<commit>)")
+    track.add_argument("--metrics", default="metrics", help="default metrics")
+    track.add_argument("--model", default="models/net.pt", help="default models/net.pt")
+    track.add_argument("--manifest", default="data/ingested/manifest.json",
+                       help="default data/ingested/manifest.json")
+    track.set_defaults(handler=_track)
     _add_search_commands(commands)
     return parser
 

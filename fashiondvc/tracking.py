@@ -1,14 +1,33 @@
-"""MLflow tracking: one run per pipeline run, logged by the evaluate stage.
+"""MLflow tracking: one live run per pipeline run, opened by train and ended by evaluate.
 
 The store is SQLite at ``<DVC_ROOT>/mlflow.db`` with artifacts in ``<DVC_ROOT>/mlartifacts``.
 DVC sets ``DVC_ROOT`` to the user's repository even for queued and ``--temp`` experiments, which
 run in a copy under ``.dvc/tmp/exps``, so every run lands in the user's store.
-``MLFLOW_TRACKING_URI`` overrides it. Tracking never breaks a pipeline run: when the store is
-locked or unreachable, each call is retried, then the run goes on with a warning.
+``MLFLOW_TRACKING_URI`` overrides it.
+
+Life of a run (named ``$DVC_EXP_NAME``, or ``workspace@<commit>`` for a plain ``dvc repro``):
+
+1. ``train`` opens it (`start_live_run`): params and tags at once, each epoch's curves as the
+   epoch ends; when the model is saved it tags the run with the model file's sha256
+   (`LiveRun.handover`).
+2. ``evaluate`` (`log_evaluation`) adopts the RUNNING run of the same name, project root and
+   model sha256, adds metrics, artifacts and the logged model, and ends it. When no such run
+   exists (``train`` restored from DVC's run cache, or its tracking failed) it opens a fresh
+   run and logs the curves from ``history.csv``. Nothing is handed over through the workspace,
+   so a restored ``train`` output can never point evaluate at an older pipeline run.
+3. Other RUNNING runs of the same name and root are orphans of killed pipelines: they are
+   marked FAILED.
+
+Tracking never breaks a pipeline run: every call is retried with backoff; when a call still
+fails after the run exists, the run is marked FAILED (best effort) and a warning says how to
+log it again (``fashiondvc track``, `relog`). First use of a SQLite store (creating and
+migrating its schema) is serialised across processes by a file lock next to the database, so
+concurrent queue workers never race Alembic migrations.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +37,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 EXPERIMENT = "fashiondvc"
+#: Tag holding the sha256 of the model file a run was trained into.
+MODEL_TAG = "fashiondvc.model_sha256"
+#: Tag holding the project root (two clones of one repository never adopt each other's runs).
+ROOT_TAG = "fashiondvc.root"
+#: How long a process waits for another one to finish creating the SQLite schema.
+LOCK_TIMEOUT_S = 600
 T = TypeVar("T")
 
 
@@ -33,6 +58,20 @@ def tracking_uri() -> str:
 
 def artifact_location() -> str:
     return (project_root() / "mlartifacts").as_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):].split("?")[0]) if uri.startswith(prefix) else None
+
+
+def ui_address(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to see a run: the server's page, or the ``mlflow ui`` command for a local store."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int | None = None,
@@ -62,9 +101,14 @@ def git_revision() -> str:
         return rev
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+                              check=True, cwd=project_root()).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def run_name() -> str:
+    """The DVC experiment's name, or ``workspace@<commit>`` for a plain ``dvc repro``."""
+    return os.environ.get("DVC_EXP_NAME") or f"workspace@{git_revision()[:7]}"
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -72,46 +116,47 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def log_pipeline_run(params: Mapping[str, Any], history: list[dict],
-                     metrics: Mapping[str, float], artifacts: Iterable[str | os.PathLike],
-                     tags: Mapping[str, str]) -> str | None:
-    """Log one complete pipeline run; return its run id, or None if tracking was unavailable.
+# --------------------------------------------------------------------------- the store
 
-    Parameters
-    ----------
-    params : mapping
-        Flattened ``params.yaml``.
-    history : list of dict
-        Per-epoch rows (``epoch`` plus metric columns), logged as step metrics named
-        ``epoch_<column>``.
-    metrics : mapping
-        Final metrics.
-    artifacts : iterable of paths
-        Files or folders to attach (metrics, plots, weights).
-    tags : mapping
-        Run tags; the DVC experiment name, when set, also becomes the run name.
+
+def open_client():
+    """An ``MlflowClient`` whose store exists with its current schema.
+
+    With SQLite, the first use creates and migrates the schema (Alembic); concurrent first uses
+    corrupt it ("Online migration expected to match one row", "table _alembic_tmp_runs already
+    exists"), so opening the tracking and registry stores is serialised by a ``filelock`` on
+    ``<database>-lock``, and retried like every other call.
     """
-    try:
-        return _log(params, history, metrics, artifacts, tags)
-    except Exception as exc:
-        print(f"WARNING: MLflow tracking failed, the pipeline goes on without it: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-
-
-def _log(params, history, metrics, artifacts, tags) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's HTTP client retries 5 times with a 120 s timeout by default (minutes against a
     # dead server); `with_retries` already retries each call, so keep MLflow's own loop short.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    database = sqlite_path(uri)
 
-    def experiment_id() -> str:
+    def ready() -> MlflowClient:
+        if database is None:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            return client
+        from filelock import FileLock
+
+        # the constructor already opens (creates, migrates) the tracking store
+        with FileLock(f"{database}-lock", timeout=LOCK_TIMEOUT_S):
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)  # registry schema, same file
+        return client
+
+    return with_retries(ready, "open the store")
+
+
+def experiment_id(client) -> str:
+    """The id of experiment `EXPERIMENT`, created (artifacts in `artifact_location`) if needed."""
+    def get_or_create() -> str:
         found = client.get_experiment_by_name(EXPERIMENT)
         if found is not None:
             return found.experiment_id
@@ -123,40 +168,349 @@ def _log(params, history, metrics, artifacts, tags) -> str:
                 raise
             return found.experiment_id
 
-    exp_id = with_retries(experiment_id, "open experiment")
-    run_name = os.environ.get("DVC_EXP_NAME") or f"workspace@{git_revision()[:7]}"
-    run = with_retries(lambda: client.create_run(exp_id, run_name=run_name, tags=dict(tags)),
-                       "create run")
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    # per-epoch curves get an "epoch_" prefix: the final train/test losses are measured
-    # differently (eval mode, whole set) and must not land on the same curve
-    entries = [Metric(f"epoch_{key}", float(value), now, int(row["epoch"]))
-               for row in history for key, value in row.items() if key != "epoch"]
-    entries += [Metric(key, float(value), now, 0) for key, value in metrics.items()]
-    param_entries = [Param(key, str(value)) for key, value in params.items()]
-    for chunk in _chunks(param_entries, 100):
-        with_retries(lambda c=chunk: client.log_batch(run_id, params=c), "log params")
-    for chunk in _chunks(entries, 1000):
-        with_retries(lambda c=chunk: client.log_batch(run_id, metrics=c), "log metrics")
-    with_retries(lambda: client.log_batch(run_id, tags=[RunTag("mlflow.source.name", "dvc")]),
-                 "log tags")
-    for path in artifacts:
-        path = Path(path)
-        if path.is_dir():
-            with_retries(lambda p=path: client.log_artifacts(run_id, str(p), p.name),
-                         f"log {path}")
-        elif path.exists():
-            with_retries(lambda p=path: client.log_artifact(run_id, str(p)), f"log {path}")
-    with_retries(lambda: client.set_terminated(run_id), "finish run")
-    print(f"mlflow: logged run {run_name or run_id} to {uri}")
-    return run_id
+    return with_retries(get_or_create, "open experiment")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _running(client, exp_id: str, name: str, extra: str = "") -> list:
+    """RUNNING runs of this project root named ``name`` (plus an extra filter clause)."""
+    query = (f"attributes.run_name = {_quote(name)} and attributes.status = 'RUNNING' "
+             f"and tags.`{ROOT_TAG}` = {_quote(str(project_root()))}{extra}")
+    return with_retries(lambda: client.search_runs([exp_id], query, max_results=100),
+                        "search runs")
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class TrackedRun:
+    """One MLflow run being written; every call retried (`with_retries`).
+
+    Parameters
+    ----------
+    client : MlflowClient
+    experiment_id, run_id, name : str
+    """
+
+    def __init__(self, client, experiment_id: str, run_id: str, name: str):
+        self.client, self.experiment_id, self.run_id, self.name = (
+            client, experiment_id, run_id, name)
+
+    @classmethod
+    def create(cls, client, exp_id: str, name: str, tags: Mapping[str, str]) -> TrackedRun:
+        tags = {**tags, ROOT_TAG: str(project_root()), "mlflow.source.name": "dvc"}
+        run = with_retries(lambda: client.create_run(exp_id, run_name=name, tags=tags),
+                           "create run")
+        return cls(client, exp_id, run.info.run_id, name)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        entries = [Param(key, str(value)) for key, value in params.items()]
+        for chunk in _chunks(entries, 100):
+            with_retries(lambda c=chunk: self.client.log_batch(self.run_id, params=c),
+                         "log params")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, prefix: str = "") -> None:
+        """Finite numeric values of ``metrics`` at ``step`` (None and NaN left out)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(prefix + key, float(value), now, step) for key, value in metrics.items()
+                   if _finite(value)]
+        for chunk in _chunks(entries, 1000):
+            with_retries(lambda c=chunk: self.client.log_batch(self.run_id, metrics=c),
+                         "log metrics")
+
+    def log_history(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Per-epoch rows as ``epoch_<column>`` curves, step = epoch.
+
+        The prefix keeps them off the final train/test losses, which are measured differently
+        (eval mode, whole set).
+        """
+        for row in rows:
+            self.log_metrics({k: v for k, v in row.items() if k != "epoch"},
+                             step=int(row["epoch"]), prefix="epoch_")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(key, str(value)) for key, value in tags.items()]
+        with_retries(lambda: self.client.log_batch(self.run_id, tags=entries), "log tags")
+
+    def log_artifacts(self, paths: Iterable[str | os.PathLike]) -> None:
+        for path in map(Path, paths):
+            if path.is_dir():
+                with_retries(lambda p=path: self.client.log_artifacts(self.run_id, str(p),
+                                                                      p.name), f"log {path}")
+            elif path.exists():
+                with_retries(lambda p=path: self.client.log_artifact(self.run_id, str(p)),
+                             f"log {path}")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        with_retries(lambda: self.client.set_terminated(self.run_id, status), "end run")
+
+    def fail(self) -> bool:
+        """Mark the run FAILED with one quick attempt; whether that worked (never raises)."""
+        try:
+            with_retries(lambda: self.client.set_terminated(self.run_id, "FAILED"),
+                         "mark run FAILED", attempts=2)
+            return True
+        except Exception:
+            return False
+
+    def fail_orphans(self) -> None:
+        """Mark FAILED the other RUNNING runs of this name and root (killed pipelines)."""
+        for run in _running(self.client, self.experiment_id, self.name):
+            if run.info.run_id != self.run_id:
+                with_retries(lambda r=run: self.client.set_terminated(r.info.run_id, "FAILED"),
+                             "mark an orphan run FAILED")
+
+    def delete_unfinished(self) -> None:
+        """Delete the RUNNING and FAILED runs of this name and root (replaced by this one)."""
+        query = (f"attributes.run_name = {_quote(self.name)} and attributes.status != "
+                 f"'FINISHED' and tags.`{ROOT_TAG}` = {_quote(str(project_root()))}")
+        found = with_retries(lambda: self.client.search_runs([self.experiment_id], query,
+                                                             max_results=1000), "search runs")
+        for run in found:
+            if run.info.run_id != self.run_id:
+                with_retries(lambda r=run: self.client.delete_run(r.info.run_id),
+                             "delete a replaced run")
+                print(f"mlflow: deleted unfinished run {run.info.run_id} ({run.info.status})")
+
+    def address(self) -> str:
+        return ui_address(tracking_uri(), self.experiment_id, self.run_id)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _warn(exc: Exception, run: TrackedRun | None) -> None:
+    """The one warning line of a failed tracking attempt, with what happened to the run."""
+    message = (f"WARNING: MLflow tracking failed, the pipeline goes on without it: "
+               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if run is not None:
+        state = "marked FAILED" if run.fail() else "left unfinished"
+        message += (f"; run {run.name!r} ({run.run_id}) {state}: log it again from the "
+                    f"stage outputs with `fashiondvc track`")
+    print(message, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _tags(dataset_sha256: str | None) -> dict[str, str]:
+    tags = {"dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
+            "dvc.baseline_rev": git_revision()}
+    if dataset_sha256:
+        tags["dataset.sha256"] = dataset_sha256
+    return tags
+
+
+class LiveRun:
+    """The run the train stage writes while it trains (see the module docstring).
+
+    After the first failed call it stops logging, marks the run FAILED and warns; evaluate then
+    logs a fresh run from ``history.csv``.
+    """
+
+    def __init__(self, run: TrackedRun):
+        self.run: TrackedRun | None = run
+        self.logged: set[int] = set()
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """Log one history row (``epoch`` plus metric columns) as it is computed."""
+        if self.run is None:
+            return
+        try:
+            self.run.log_history([row])
+            self.logged.add(int(row["epoch"]))
+        except Exception as exc:
+            _warn(exc, self.run)
+            self.run = None
+
+    def handover(self, history: list[Mapping[str, Any]], model_path: str | os.PathLike) -> None:
+        """After the model is saved: log epochs not logged yet (resumed from a checkpoint) and
+        the ``selected`` column, then tag the run with the model's sha256 for evaluate."""
+        if self.run is None:
+            return
+        from fashiondvc.io import sha256_file
+
+        try:
+            self.run.log_history([row if int(row["epoch"]) not in self.logged
+                                  else {"epoch": row["epoch"], "selected": row["selected"]}
+                                  for row in history if "selected" in row
+                                  or int(row["epoch"]) not in self.logged])
+            self.run.set_tags({MODEL_TAG: sha256_file(model_path)})
+        except Exception as exc:
+            _warn(exc, self.run)
+            self.run = None
+
+
+def start_live_run(params: Mapping[str, Any], dataset_sha256: str | None = None
+                   ) -> LiveRun | None:
+    """Open this pipeline run's MLflow run as training starts; None if tracking is unavailable.
+
+    Only the process of rank 0 (``$RANK``, set by torchrun) tracks. Earlier RUNNING runs of
+    the same name and project root (pipelines killed before evaluate) are marked FAILED.
+
+    Parameters
+    ----------
+    params : mapping
+        Flattened ``params.yaml``, logged as params at once.
+    dataset_sha256 : str, optional
+        The archive's hash, logged as tag ``dataset.sha256``.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    run = None
+    try:
+        client = open_client()
+        exp_id = experiment_id(client)
+        run = TrackedRun.create(client, exp_id, run_name(), _tags(dataset_sha256))
+        run.fail_orphans()
+        run.log_params(params)
+    except Exception as exc:
+        _warn(exc, run)
+        return None
+    print(f"mlflow: run {run.name!r} ({run.run_id}) is live: {run.address()}")
+    return LiveRun(run)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _adoptable(client, exp_id: str, name: str, model_sha256: str,
+               params: Mapping[str, str]) -> TrackedRun | None:
+    """The RUNNING run that this pipeline's train stage opened for this very model, if any."""
+    candidates = _running(client, exp_id, name, f" and tags.`{MODEL_TAG}` = {_quote(model_sha256)}")
+    for found in sorted(candidates, key=lambda r: r.info.start_time, reverse=True):
+        if found.data.params == params:
+            return TrackedRun(client, exp_id, found.info.run_id, name)
+    return None
+
+
+def stage_artifacts(metrics_dir: str | os.PathLike) -> list[Path]:
+    """Every file and folder the pipeline writes to ``metrics_dir`` (metrics, curves, plots)."""
+    folder = Path(metrics_dir)
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) \
+        if folder.is_dir() else []
 
 
 def log_evaluation(params: Mapping[str, Any], history: list[dict], headline: Mapping[str, Any],
-                   artifacts: Iterable[str | os.PathLike], dataset_sha256: str) -> str | None:
-    """`log_pipeline_run` with the DVC experiment, baseline commit and dataset hash as tags."""
-    return log_pipeline_run(params, history, headline, artifacts,
-                            tags={"dvc.experiment": os.environ.get("DVC_EXP_NAME", "workspace"),
-                                  "dvc.baseline_rev": git_revision(),
-                                  "dataset.sha256": dataset_sha256})
+                   artifacts: Iterable[str | os.PathLike], dataset_sha256: str,
+                   model_path: str | os.PathLike | None = None,
+                   log_model: Callable[[TrackedRun], None] | None = None, *,
+                   replace: bool = False) -> str | None:
+    """Complete and end this pipeline run's MLflow run; return its id, or None on failure.
+
+    Parameters
+    ----------
+    params : mapping
+        Flattened ``params.yaml``.
+    history : list of dict
+        Per-epoch rows (``epoch`` plus metric columns), logged when the run is new.
+    headline : mapping
+        Final metrics (None and NaN values are left out).
+    artifacts : iterable of paths
+        Files or folders to attach (metrics, plots, weights).
+    dataset_sha256 : str
+        The archive's hash (tag ``dataset.sha256``).
+    model_path : path, optional
+        The trained model; its sha256 finds the run train opened (`start_live_run`).
+    log_model : callable, optional
+        Called with the run before it ends, e.g. to log and register the model.
+    replace : bool
+        Never adopt a run; once the new run is FINISHED, delete the unfinished (RUNNING or
+        FAILED) runs of the same name and project root (`relog`).
+    """
+    run = None
+    try:
+        from fashiondvc.io import sha256_file
+
+        client = open_client()
+        exp_id = experiment_id(client)
+        name = run_name()
+        flat = {key: str(value) for key, value in params.items()}
+        model_sha = sha256_file(model_path) if model_path and Path(model_path).exists() else ""
+        run = (_adoptable(client, exp_id, name, model_sha, flat)
+               if model_sha and not replace else None)
+        if run is None:
+            run = TrackedRun.create(client, exp_id, name, _tags(dataset_sha256))
+            run.log_params(flat)
+            run.log_history(history)
+            if model_sha:
+                run.set_tags({MODEL_TAG: model_sha})
+        else:
+            run.set_tags(_tags(dataset_sha256))
+        run.log_metrics(headline)
+        run.log_artifacts(artifacts)
+        if log_model is not None:
+            log_model(run)
+        run.finish()
+    except Exception as exc:
+        _warn(exc, run)
+        return None
+    try:
+        if replace:
+            run.delete_unfinished()
+        run.fail_orphans()
+    except Exception as exc:  # the run itself is complete
+        print(f"WARNING: MLflow: could not mark orphan runs FAILED ({exc})", file=sys.stderr)
+    print(f"mlflow: logged run {run.name!r} ({run.run_id}): {run.address()}")
+    return run.run_id
+
+
+def relog(metrics_dir: str | os.PathLike = "metrics", model_path: str | os.PathLike =
+          "models/net.pt", manifest: str | os.PathLike = "data/ingested/manifest.json",
+          log_model: Callable[[TrackedRun], None] | None = None) -> str | None:
+    """Log the workspace's pipeline outputs as one FINISHED run (``fashiondvc track``).
+
+    For a run that evaluate could not complete (marked FAILED, or left RUNNING when even that
+    failed): reads ``params.yaml``, ``<metrics_dir>/metrics.json`` and ``history.csv``, the
+    dataset hash from ``manifest``, logs a fresh run named as the pipeline run was
+    (``$DVC_EXP_NAME`` or ``workspace@<commit>``) and deletes the unfinished runs of that name.
+    Does nothing but say so when a FINISHED run of that name already holds this model.
+
+    Raises
+    ------
+    FashionError
+        If a stage output is missing (run the pipeline first).
+    """
+    import json
+
+    import pandas as pd
+
+    from fashiondvc.errors import FashionError
+    from fashiondvc.io import sha256_file
+    from fashiondvc.params import flatten, load_params
+
+    folder = Path(metrics_dir)
+    needed = [folder / "metrics.json", folder / "history.csv", Path(model_path), Path(manifest)]
+    for path in needed:
+        if not path.exists():
+            raise FashionError(f"{path} does not exist: run the pipeline (dvc repro) first")
+    client = open_client()
+    exp_id = experiment_id(client)
+    name = run_name()
+    query = (f"attributes.run_name = {_quote(name)} and attributes.status = 'FINISHED' "
+             f"and tags.`{ROOT_TAG}` = {_quote(str(project_root()))} "
+             f"and tags.`{MODEL_TAG}` = {_quote(sha256_file(model_path))}")
+    done = with_retries(lambda: client.search_runs([exp_id], query, max_results=1),
+                        "search runs")
+    if done:
+        print(f"mlflow: run {name!r} ({done[0].info.run_id}) is already logged: "
+              f"{ui_address(tracking_uri(), exp_id, done[0].info.run_id)}")
+        return done[0].info.run_id
+    return log_evaluation(
+        flatten(load_params()), pd.read_csv(folder / "history.csv").to_dict("records"),
+        json.loads((folder / "metrics.json").read_text()), stage_artifacts(folder),
+        json.loads(Path(manifest).read_text())["archive_sha256"], model_path, log_model,
+        replace=True)

@@ -34,10 +34,10 @@ def main() -> None:
     history = pd.read_csv(history_csv)
     plots.draw_all(history, result.per_attribute, result.pr_curves, out / "plots")
     print(json.dumps(headline, indent=2))
+    # ends the run train opened (or a fresh one when train came from DVC's run cache)
     tracking.log_evaluation(
         flatten(params), history.to_dict("records"), headline,
-        [out / "metrics.json", out / "per_attribute.csv", out / "pr_curves.csv", history_csv,
-         out / "plots", model_path], manifest["archive_sha256"])
+        tracking.stage_artifacts(out), manifest["archive_sha256"], model_path)
 
 
 if __name__ == "__main__":

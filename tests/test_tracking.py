@@ -1,0 +1,265 @@
+"""MLflow tracking against real SQLite stores in temp folders: concurrency, failures, live runs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fashiondvc import tracking
+
+LOG_ONE = """
+import os, sys
+os.environ["DVC_EXP_NAME"] = sys.argv[1]
+from fashiondvc import tracking
+run_id = tracking.log_evaluation({"k": 2}, [{"epoch": 1, "train_loss": 0.5}], {"f1_micro": 0.4},
+                                 [], "abc")
+print("RUN", run_id)
+"""
+
+
+def runs(database: Path) -> list[tuple[str, str]]:
+    """(name, status) of every run in a SQLite store, sorted."""
+    with sqlite3.connect(database) as db:
+        return sorted(db.execute("select name, status from runs").fetchall())
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """A fresh (not yet created) SQLite store; the path of its database file."""
+    database = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return database
+
+
+def test_first_use_of_a_store_waits_for_the_schema_lock(store, monkeypatch):
+    """Creating the schema goes through the file lock next to the database: while another
+    process holds it, opening the store waits (here: times out and gives up)."""
+    from filelock import FileLock, Timeout
+
+    monkeypatch.setattr(tracking, "LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setenv("FASHIONDVC_MLFLOW_RETRIES", "0")
+    with FileLock(f"{store}-lock"), pytest.raises(Timeout):
+        tracking.open_client()
+    assert not store.exists()  # nothing touched the database while the lock was held
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4])
+def test_concurrent_first_use_of_a_fresh_store_loses_no_run(store, n):
+    """N evaluate-like processes log at once to a store that does not exist yet: N runs, all
+    FINISHED (without the lock, 1 of them survived: Alembic migrations raced)."""
+    env = {**os.environ, "FASHIONDVC_MLFLOW_RETRIES": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", LOG_ONE, f"run{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=store.parent) for i in range(n)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for out, err in outputs:
+        assert "WARNING" not in err, err[-2000:]
+        assert "RUN " in out and "RUN None" not in out
+    assert runs(store) == [(f"run{i}", "FINISHED") for i in range(n)]
+
+
+# --------------------------------------------------------------------------- one run per pipeline
+
+PARAMS = {"k": 2, "lr": 0.001, "train.epochs": 2}
+HISTORY = [{"epoch": 1, "train_loss": 0.9, "test_loss": 1.0, "test_f1": 0.2, "selected": 0},
+           {"epoch": 2, "train_loss": 0.7, "test_loss": 0.8, "test_f1": 0.3, "selected": 1}]
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking.tracking_uri())
+
+
+def all_runs() -> list:
+    experiment = client().get_experiment_by_name(tracking.EXPERIMENT)
+    return client().search_runs([experiment.experiment_id], run_view_type=3)  # ALL
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A created, migrated, empty SQLite store (creating one takes seconds: copy this one)."""
+    database = tmp_path_factory.mktemp("store") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+        tracking.open_client()
+    return database
+
+
+@pytest.fixture
+def workspace(store, empty_store, tmp_path, monkeypatch) -> Path:
+    """A project folder holding the stage outputs `relog` reads, and a store; the current
+    directory."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    shutil.copy(empty_store, store)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "metrics.json").write_text(json.dumps({"f1_micro": 0.5,
+                                                                  "map": None}))
+    pd.DataFrame(HISTORY).to_csv(tmp_path / "metrics" / "history.csv", index=False)
+    (tmp_path / "metrics" / "pr_curves.csv").write_text("recall,precision\n0,1\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "net.pt").write_bytes(b"weights")
+    (tmp_path / "data" / "ingested").mkdir(parents=True)
+    (tmp_path / "data" / "ingested" / "manifest.json").write_text(
+        json.dumps({"archive_sha256": "cafe"}))
+    return tmp_path
+
+
+def test_train_opens_a_live_run_that_evaluate_completes(workspace):
+    live = tracking.start_live_run(PARAMS)
+    run_id = live.run.run_id
+    assert client().get_run(run_id).info.status == "RUNNING"
+    epochs = [{k: v for k, v in row.items() if k != "selected"} for row in HISTORY]
+    live.log_epoch(epochs[0])  # curves grow as epochs end (fit adds `selected` at the end)
+    assert [m.value for m in client().get_metric_history(run_id, "epoch_test_f1")] == [0.2]
+    live.log_epoch(epochs[1])
+    live.handover(HISTORY, "models/net.pt")
+    assert tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5, "map": None},
+                                   tracking.stage_artifacts("metrics"), "cafe",
+                                   "models/net.pt") == run_id
+    [run] = all_runs()
+    assert (run.info.run_id, run.info.status, run.info.run_name) == (run_id, "FINISHED", "exp-a")
+    assert sorted((m.step, m.value) for m in
+                  client().get_metric_history(run_id, "epoch_test_f1")) == [(1, 0.2), (2, 0.3)]
+    assert [m.value for m in client().get_metric_history(run_id, "epoch_selected")] == [0, 1]
+    assert run.data.metrics["f1_micro"] == 0.5 and "map" not in run.data.metrics
+    assert run.data.tags["dataset.sha256"] == "cafe"
+    artifacts = {a.path for a in client().list_artifacts(run_id)}
+    assert {"metrics.json", "history.csv", "pr_curves.csv"} <= artifacts
+
+
+def test_evaluate_after_a_restored_train_logs_a_fresh_run(workspace):
+    """DVC restored `train` from its run cache: the run of the older pipeline (FINISHED) is
+    never reused; evaluate opens a new one and logs the curves from history.csv."""
+    live = tracking.start_live_run(PARAMS)
+    live.handover(HISTORY, "models/net.pt")
+    first = tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe",
+                                    "models/net.pt")
+    second = tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe",
+                                     "models/net.pt")
+    assert second not in (None, first)
+    assert sorted(r.info.status for r in all_runs()) == ["FINISHED", "FINISHED"]
+    history = client().get_metric_history(second, "epoch_train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7)]
+
+
+def test_a_run_of_another_model_or_params_is_not_adopted(workspace):
+    live = tracking.start_live_run(PARAMS)
+    live.handover(HISTORY, "models/net.pt")
+    (workspace / "models" / "net.pt").write_bytes(b"other weights")
+    run_id = tracking.log_evaluation(PARAMS, HISTORY, {}, [], "cafe", "models/net.pt")
+    assert run_id != live.run.run_id
+    statuses = {r.info.run_id: r.info.status for r in all_runs()}
+    assert statuses == {run_id: "FINISHED", live.run.run_id: "FAILED"}  # orphan: not RUNNING
+
+
+def test_a_new_training_marks_the_killed_pipelines_run_failed(workspace):
+    killed = tracking.start_live_run(PARAMS)  # the pipeline died here (dvc queue kill, ^C)
+    again = tracking.start_live_run(PARAMS)
+    assert client().get_run(killed.run.run_id).info.status == "FAILED"
+    assert client().get_run(again.run.run_id).info.status == "RUNNING"
+
+
+def test_only_rank_zero_tracks(workspace, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert tracking.start_live_run(PARAMS) is None
+    assert runs(tracking.sqlite_path(tracking.tracking_uri())) == []
+
+
+def test_a_failure_after_the_run_exists_marks_it_failed_and_track_relogs_it(workspace,
+                                                                            capsys):
+    def broken(run):
+        raise RuntimeError("disk full")
+
+    assert tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe",
+                                   "models/net.pt", broken) is None
+    err = capsys.readouterr().err
+    assert "WARNING: MLflow tracking failed" in err and "marked FAILED" in err
+    [warning] = [line for line in err.splitlines() if "WARNING" in line]  # one line
+    assert "fashiondvc track" in warning
+    [failed] = all_runs()
+    assert failed.info.status == "FAILED"
+
+    from fashiondvc.cli import main
+
+    main(["track"])
+    [run] = [r for r in all_runs() if r.info.lifecycle_stage == "active"]
+    assert run.info.status == "FINISHED" and run.info.run_name == "exp-a"
+    assert client().get_run(failed.info.run_id).info.lifecycle_stage == "deleted"
+    assert run.data.metrics["f1_micro"] == 0.5 and run.data.params["k"] == "3"  # params.yaml
+    assert "pr_curves.csv" in {a.path for a in client().list_artifacts(run.info.run_id)}
+    main(["track"])  # idempotent: already logged
+    assert "already logged" in capsys.readouterr().out
+    assert len([r for r in all_runs() if r.info.lifecycle_stage == "active"]) == 1
+
+
+def test_track_names_a_missing_stage_output(workspace, capsys):
+    (workspace / "metrics" / "history.csv").unlink()
+    from fashiondvc.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["track"])
+    assert exit_.value.code == 1
+    assert "metrics/history.csv does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_store_locked_at_training_start_leaves_no_run(workspace, monkeypatch, capsys):
+    tracking.experiment_id(tracking.open_client())
+    monkeypatch.setenv("FASHIONDVC_MLFLOW_RETRIES", "0")
+    lock = sqlite3.connect(tracking.sqlite_path(tracking.tracking_uri()), timeout=0.1)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        assert tracking.start_live_run(PARAMS) is None
+    finally:
+        lock.rollback()
+        lock.close()
+    assert "WARNING: MLflow tracking failed" in capsys.readouterr().err
+    assert [r.info.status for r in all_runs()] in ([], ["FAILED"])
+
+
+@pytest.mark.slow
+def test_a_store_locked_while_evaluate_logs_is_repaired_by_track(workspace, monkeypatch,
+                                                                 capsys):
+    """Another process holds the store past the retries after the run was created: the run
+    cannot even be marked FAILED; the warning says how to log it again, and `fashiondvc track`
+    replaces it with one FINISHED run."""
+    monkeypatch.setenv("FASHIONDVC_MLFLOW_RETRIES", "0")
+    held = []
+
+    def lock_the_store(run):
+        held.append(sqlite3.connect(tracking.sqlite_path(tracking.tracking_uri()),
+                                    timeout=0.1, check_same_thread=False))
+        held[0].execute("BEGIN EXCLUSIVE")
+
+    try:
+        assert tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe",
+                                       "models/net.pt", lock_the_store) is None
+    finally:
+        held[0].rollback()
+        held[0].close()
+    err = capsys.readouterr().err
+    assert "left unfinished" in err and "fashiondvc track" in err
+    [stuck] = all_runs()
+    assert stuck.info.status == "RUNNING"
+    monkeypatch.setenv("FASHIONDVC_MLFLOW_RETRIES", "2")
+    from fashiondvc.cli import main
+
+    main(["track"])
+    active = [r for r in all_runs() if r.info.lifecycle_stage == "active"]
+    assert [(r.info.run_name, r.info.status) for r in active] == [("exp-a", "FINISHED")]

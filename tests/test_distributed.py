@@ -19,13 +19,16 @@ from pathlib import Path
 
 import distkit
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import make_repo, run
 
 from fashiondvc import distributed
 from fashiondvc.errors import FashionError
 from fashiondvc.net import AttributeNet, LabelPCA
+from fashiondvc.params import CONSTRAINTS
 from fashiondvc.train import loader
 
 DISTKIT = Path(__file__).parent / "distkit.py"
@@ -204,3 +207,15 @@ def test_a_killed_two_process_run_resumes_as_if_never_killed(one_process, tmp_pa
     for key, value in uninterrupted["state"].items():
         assert torch.equal(resumed["state"][key], value), key
     assert np.isfinite([row["train_loss"] for row in resumed["history"]]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("train.devices" not in CONSTRAINTS,
+                    reason="fashiondvc/params.py does not list train.devices yet")
+def test_the_train_stage_trains_with_two_ranks_and_rank_0_writes(tmp_path, sample_zip):
+    repo = make_repo(tmp_path / "repo", sample_zip, **{"train.devices": 2})
+    done = run(isolated(["dvc", "repro", "train"]), repo, env={"GLOO_SOCKET_IFNAME": "lo"})
+    assert "training with 2 processes" in done.stdout
+    assert pd.read_csv(repo / "metrics" / "history.csv")["epoch"].tolist() == [1, 2]
+    assert (repo / "models" / "net.pt").stat().st_size > 0
+    assert not list((repo / ".checkpoints").iterdir())  # rank 0 removed it once done

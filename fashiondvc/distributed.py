@@ -90,7 +90,8 @@ def launch(train: Mapping[str, Any]) -> None:
     Returns (doing nothing) with ``devices`` <= 1 or when already under torchrun
     (``LOCAL_RANK`` set, e.g. a multi-machine run started by hand); otherwise this process
     becomes ``python -m torch.distributed.run --standalone --nproc-per-node devices`` with
-    the same script and arguments (same process id: a signal to it reaches every rank).
+    the same script and arguments (same process id: a signal to it reaches every rank), and
+    each rank gets its share of the cores (``OMP_NUM_THREADS``, unless set).
 
     Raises
     ------
@@ -106,6 +107,8 @@ def launch(train: Mapping[str, Any]) -> None:
     print(f"training with {devices} processes: {' '.join(command[1:])}", flush=True)
     sys.stderr.flush()
     os.environ[LAUNCHER] = str(os.getpid())  # the pid torchrun will have
+    # torchrun gives each rank 1 thread unless told; share the cores instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     os.execv(sys.executable, command)
 
 

@@ -21,6 +21,8 @@ adding photos to a collection only featurizes the new ones.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
 import json
 import os
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from fashiondvc.errors import FashionError
@@ -81,6 +82,8 @@ class SearchIndex:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the index to ``folder``, replacing it atomically."""
+        import pandas as pd
+
         folder = Path(folder)
         with atomic_path(folder, is_dir=True) as tmp:
             np.savez(tmp / INDEX_FILE, probs=self.probs.astype(np.float32),
@@ -97,22 +100,24 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> SearchIndex:
-        """Read an index written by `save`."""
+        """Read an index written by `save` (without pandas: a query's start-up time)."""
         folder = Path(folder)
         if not (folder / META_FILE).exists():
             raise FashionError(f"{folder} holds no search index: run `dvc repro index` first")
         try:
             meta = json.loads((folder / META_FILE).read_text())
             arrays = np.load(folder / INDEX_FILE)
-            table = pd.read_csv(folder / PATHS_FILE, dtype=str, keep_default_na=False)
+            with open(folder / PATHS_FILE, newline="") as handle:
+                table = list(csv.DictReader(handle))
+            paths, hashes = [row["path"] for row in table], [row["sha256"] for row in table]
             probs, embeddings = arrays["probs"], arrays["embeddings"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, csv.Error) as exc:
             raise FashionError(f"{folder}: unreadable search index ({exc})") from None
         if not len(probs) == len(embeddings) == len(table) == meta["n_images"]:
             raise FashionError(f"{folder}: index files disagree on the number of photos")
         root = Path(meta["root"])
         return cls(root=root if root.is_absolute() else Path(os.path.normpath(folder / root)),
-                   paths=table["path"].tolist(), hashes=table["sha256"].tolist(),
+                   paths=paths, hashes=hashes,
                    labels=list(meta["labels"]), probs=probs, embeddings=embeddings,
                    threshold=float(meta["threshold"]), model_sha256=meta["model_sha256"],
                    image_size=int(meta["image_size"]), precision=meta.get("precision", "fp32"),
@@ -148,7 +153,6 @@ class Featurizer:
         import torch
 
         from fashiondvc.runtime import compute_dtype, prepare_trunk
-        from fashiondvc.trunk import load_vgg16, split_vgg
 
         cpu = torch.device("cpu")
         self.dtype = compute_dtype(cpu, precision)  # validates precision too
@@ -156,7 +160,7 @@ class Featurizer:
         self.labels = list(config["labels"])
         self.image_size = int(config["image_size"])
         if frozen is None:
-            frozen, _ = split_vgg(load_vgg16(config["weights"]), config["frozen_convs"])
+            frozen = frozen_trunk(config["weights"], config["frozen_convs"])
         self.frozen = prepare_trunk(frozen, cpu, self.dtype)  # exactly as featurize runs it
 
     @classmethod
@@ -210,6 +214,23 @@ class Featurizer:
         return probs[0], embeddings[0]
 
 
+def frozen_trunk(weights: str, frozen_convs: int):
+    """The frozen part of VGG-16 for ``model.weights``, as `trunk.split_vgg` returns it.
+
+    A weights file (or torchvision's cached ImageNet download) gives only the frozen layers,
+    built without torchvision and memory-mapped (`fashiondvc.vgg`): a one-off query starts in
+    a third of the time. ``random`` and a missing ImageNet download take `fashiondvc.trunk`.
+    """
+    from fashiondvc.vgg import frozen_part, weights_file
+
+    path = weights_file(weights)
+    if path is not None:
+        return frozen_part(path, frozen_convs)
+    from fashiondvc.trunk import load_vgg16, split_vgg
+
+    return split_vgg(load_vgg16(weights), frozen_convs)[0]
+
+
 def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, *, threshold: float = 0.5, batch_size: int = 16,
                 precision: str = "fp32", featurizer: Featurizer | None = None
@@ -245,7 +266,7 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
 
     for path in _progress(files):
         data = path.read_bytes()
-        digest = _sha256(data)
+        digest = sha256_bytes(data)
         relative = path.relative_to(images_dir).as_posix()
         if digest in cache:
             row_p, row_e = cache[digest]
@@ -291,6 +312,7 @@ def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str |
     `Featurizer` runs a query (`preprocess.model_input`), so the rows equal what `build_index`
     would compute, in seconds instead of minutes. ``precision`` is ``featurize.precision``.
     """
+    import pandas as pd
     import torch
 
     from fashiondvc.net import load_net
@@ -329,9 +351,8 @@ def _previous_rows(folder: str | os.PathLike, model_sha: str,
     return {h: (old.probs[i], old.embeddings[i]) for i, h in enumerate(old.hashes)}
 
 
-def _sha256(data: bytes) -> str:
-    import hashlib
-
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a photo's bytes: the ``sha256`` column of ``paths.csv``."""
     return hashlib.sha256(data).hexdigest()
 
 

@@ -25,10 +25,8 @@ import os
 
 import torch
 from torch import nn
-from torchvision.models import vgg16
 
 from fashiondvc.errors import FashionError
-from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
 
 #: Keys a saved config must hold (older files without ``head`` load as ``flatten``).
 CONFIG_KEYS = ("frozen_convs", "image_size", "hidden", "labels", "dropout")
@@ -131,6 +129,8 @@ def build_net(weights: str, frozen_convs: int, image_size: int, hidden: int, n_l
               dropout: float, seed: int, *, head: str = "flatten", side_width: int = 0,
               label_pca: LabelPCA | None = None) -> AttributeNet:
     """The trainable network for features of ``frozen_convs`` at ``image_size``; head seeded."""
+    from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
+
     _, trainable = split_vgg(load_vgg16(weights), frozen_convs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -162,7 +162,7 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, dict]:
         If the file is missing, not a fashiondvc model, or its weights do not fit its config.
     """
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise FashionError(f"{path} does not exist: run the train stage first") from None
     except Exception as exc:
@@ -172,7 +172,10 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, dict]:
             and all(key in saved["config"] for key in CONFIG_KEYS)):
         raise FashionError(f"{path}: not a fashiondvc model file (no config and state_dict)")
     config, state = saved["config"], saved["state_dict"]
-    _, trainable = split_vgg(vgg16(weights=None), config["frozen_convs"])
+    # torchvision-free and uninitialised: every weight comes from ``state`` (a query's load time)
+    from fashiondvc.vgg import feature_shape, trainable_part
+
+    trainable = trainable_part(config["frozen_convs"])
     n_labels = len(config["labels"])
     label_pca = None
     if config.get("label_pca"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -92,6 +91,8 @@ def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10) -> d
     Relevance uses the ground-truth labels of ``data`` (see `precision_at_k`); the chance
     level is `chance_precision`. Empty if undefined.
     """
+    import pandas as pd
+
     split = pd.read_csv(split_csv).sort_values("index")
     originals = (split["copy"] == 0).to_numpy()
     queries = np.intersect1d(data.test_rows, np.flatnonzero(originals))

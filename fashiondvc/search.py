@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fashiondvc.errors import FashionError
-from fashiondvc.index import Featurizer, SearchIndex, _sha256
+from fashiondvc.index import Featurizer, SearchIndex, sha256_bytes
 from fashiondvc.io import sha256_file
 from fashiondvc.retrieval import l2_normalize
 
@@ -112,7 +112,7 @@ class Searcher:
         """
         names = parse_where(where, self.index.labels)
         probs, embedding = self.featurizer.photo(data, name)
-        exclude = rows_with_hash(self.index, _sha256(data))
+        exclude = rows_with_hash(self.index, sha256_bytes(data))
         return self.result(probs, embedding, exclude, top=top, where=names)
 
     def query_row(self, row: int, *, top: int = 10,

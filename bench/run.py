@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -33,6 +32,7 @@ from torch import nn
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
+import machine as bench_machine  # noqa: E402
 import report  # noqa: E402
 
 from fashiondvc.augment import augment_folder  # noqa: E402
@@ -53,20 +53,25 @@ LABELS = "attrs20"
 
 
 def machine() -> dict:
-    """CPU model, cores, torch build and threads, bf16 support, load average now."""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_bf16" in flags,
-            "cuda": torch.cuda.is_available(), "load_at_start": os.getloadavg()[0]}
+    """`bench/machine.py`'s description, with the keys report.py reads."""
+    described = bench_machine.describe()
+    return {**described, "avx512_bf16": "avx512_bf16" in described["flags"],
+            "amx": "amx_bf16" in described["flags"], "load_at_start": described["load"]}
+
+
+def with_fractions(results: dict, roofline: dict) -> dict:
+    """Item 1's images/s also as conv GFLOP/s and as a fraction of the GEMM roofline."""
+    gflop = bench_machine.conv_gflop(1, 13, IMAGE_SIZE)
+    bf16 = "bf16" if results["machine"]["native_bf16"] else "fp32"
+    throughput = results["throughput"]
+    figures = {"bare loop": max(throughput["bare"]), "featurize": max(throughput["featurize"]),
+               **{f"trunk {k}": v for k, v in throughput["variants"].items()}}
+    results["roofline_fractions"] = {
+        name: {"images_s": round(ips, 2), "conv_gflops": round(ips * gflop, 1),
+               "fraction": bench_machine.fraction(
+                   ips * gflop, roofline, "fp32" if name == "trunk fp32" else bf16)}
+        for name, ips in figures.items()}
+    return results
 
 
 def load() -> float:
@@ -314,6 +319,7 @@ def main() -> None:
         raise SystemExit("--archive is required (except with --render-only)")
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "precision": args.precision,
+                     "roofline": bench_machine.gemm_roofline(),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"machine: {results['machine']}", flush=True)
     ingested, store_dir, split_csv = build_subset(args.archive.resolve(), args.work,
@@ -321,6 +327,8 @@ def main() -> None:
     store = ImageStore(store_dir)
     print("1. frozen-trunk throughput", flush=True)
     results["throughput"] = throughput(store, args.work, args)
+    with_fractions(results, results["roofline"])
+    print(f"  as fractions of the GEMM roofline: {results['roofline_fractions']}", flush=True)
     print("2. stored features vs recomputing the trunk", flush=True)
     results["stored_vs_recompute"] = [
         stored_vs_recompute(ingested, store, split_csv, args.work, fc, args) for fc in (13, 12)]

@@ -99,9 +99,20 @@ def _add_plots_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _track(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from fashiondvc import mlmodel
+    from fashiondvc.params import load_params
     from fashiondvc.tracking import relog
 
-    if relog(args.metrics, args.model, args.manifest) is None:
+    def log_model(run) -> None:
+        if args.no_model:
+            return
+        dataset = json.loads(Path(args.manifest).read_text())["archive_sha256"]
+        mlmodel.log_model(run, args.model, load_params()["featurize"]["precision"], dataset)
+
+    if relog(args.metrics, args.model, args.manifest, log_model) is None:
         raise FashionError("MLflow tracking failed (see the warning above)")
 
 
@@ -141,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--model", default="models/net.pt", help="default models/net.pt")
     track.add_argument("--manifest", default="data/ingested/manifest.json",
                        help="default data/ingested/manifest.json")
+    track.add_argument("--no-model", action="store_true",
+                       help="do not log and register the model")
     track.set_defaults(handler=_track)
     _add_search_commands(commands)
     return parser

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fashiondvc import plots, tracking
+from fashiondvc import mlmodel, plots, tracking
 from fashiondvc.errors import run_main
 from fashiondvc.evaluate import evaluate
 from fashiondvc.io import write_csv, write_json
@@ -37,7 +37,9 @@ def main() -> None:
     # ends the run train opened (or a fresh one when train came from DVC's run cache)
     tracking.log_evaluation(
         flatten(params), history.to_dict("records"), headline,
-        tracking.stage_artifacts(out), manifest["archive_sha256"], model_path)
+        tracking.stage_artifacts(out), manifest["archive_sha256"], model_path,
+        lambda run: mlmodel.log_model(run, model_path, params["featurize"]["precision"],
+                                      manifest["archive_sha256"]))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_two_experiments_make_two_runs_and_a_report(pipeline_repo):
     assert sorted(m.step for m in history) == [1, 2]
     assert "f1_micro" in g1.data.metrics and "test_loss" in g1.data.metrics
     artifacts = {a.path for a in client.list_artifacts(g1.info.run_id)}
-    assert {"metrics.json", "net.pt", "plots"} <= artifacts
+    assert {"metrics.json", "pr_curves.csv", "model", "plots"} <= artifacts  # model: pyfunc
 
     diff = run(["dvc", "metrics", "diff", "g1", "g2"], repo).stdout
     assert "test_loss" in diff and "g1" in diff and "g2" in diff

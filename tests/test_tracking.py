@@ -197,13 +197,13 @@ def test_a_failure_after_the_run_exists_marks_it_failed_and_track_relogs_it(work
 
     from fashiondvc.cli import main
 
-    main(["track"])
+    main(["track", "--no-model"])
     [run] = [r for r in all_runs() if r.info.lifecycle_stage == "active"]
     assert run.info.status == "FINISHED" and run.info.run_name == "exp-a"
     assert client().get_run(failed.info.run_id).info.lifecycle_stage == "deleted"
     assert run.data.metrics["f1_micro"] == 0.5 and run.data.params["k"] == "3"  # params.yaml
     assert "pr_curves.csv" in {a.path for a in client().list_artifacts(run.info.run_id)}
-    main(["track"])  # idempotent: already logged
+    main(["track", "--no-model"])  # idempotent: already logged
     assert "already logged" in capsys.readouterr().out
     assert len([r for r in all_runs() if r.info.lifecycle_stage == "active"]) == 1
 
@@ -213,7 +213,7 @@ def test_track_names_a_missing_stage_output(workspace, capsys):
     from fashiondvc.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["track"])
+        main(["track", "--no-model"])
     assert exit_.value.code == 1
     assert "metrics/history.csv does not exist" in capsys.readouterr().err
 
@@ -260,6 +260,35 @@ def test_a_store_locked_while_evaluate_logs_is_repaired_by_track(workspace, monk
     monkeypatch.setenv("FASHIONDVC_MLFLOW_RETRIES", "2")
     from fashiondvc.cli import main
 
-    main(["track"])
+    main(["track", "--no-model"])
     active = [r for r in all_runs() if r.info.lifecycle_stage == "active"]
     assert [(r.info.run_name, r.info.status) for r in active] == [("exp-a", "FINISHED")]
+
+
+@pytest.mark.slow
+def test_a_pipeline_run_is_one_finished_run_also_when_train_is_not_rerun(pipeline_repo):
+    """`dvc repro`: train opens the run, evaluate ends it (one run, curves, every metrics
+    file). Evaluate alone again (train's outputs reused, as from DVC's run cache): a second,
+    fresh run with the curves from history.csv; the first is left as it was."""
+    from conftest import run as run_command
+    from mlflow.tracking import MlflowClient
+
+    repo = pipeline_repo
+    first = run_command(["dvc", "repro"], repo)
+    assert "is live:" in first.stdout and "127.0.0.1:5000" in first.stdout
+    run_command(["dvc", "repro", "-f", "-s", "evaluate"], repo)
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("fashiondvc")
+    found = sorted(client.search_runs([experiment.experiment_id]),
+                   key=lambda r: r.info.start_time)
+    assert [r.info.status for r in found] == ["FINISHED", "FINISHED"]
+    rev = run_command(["git", "rev-parse", "HEAD"], repo).stdout.strip()[:7]
+    assert {r.info.run_name for r in found} == {f"workspace@{rev}"}
+    for r in found:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch_test_f1")]
+        assert sorted(steps) == [1, 2]
+        assert "f1_micro" in r.data.metrics and r.data.params["k"] == "2"
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"metrics.json", "per_attribute.csv", "pr_curves.csv", "history.csv",
+                "plots"} <= files
+    assert found[0].data.tags[tracking.MODEL_TAG] == found[1].data.tags[tracking.MODEL_TAG]

@@ -98,7 +98,7 @@ def launch(train: Mapping[str, Any]) -> None:
     FashionError
         From `check` or `fashiondvc.runtime.resolve_device`, before anything is started.
     """
-    devices = int(train.get("devices", 1))
+    devices = int(train["devices"])
     if devices <= 1 or "LOCAL_RANK" in os.environ:
         return
     check(devices, resolve_device(train["device"]), train["batch_size"])

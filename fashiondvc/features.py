@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from fashiondvc.errors import FashionError
 from fashiondvc.preprocess import normalize
+from fashiondvc.progress import progress
 from fashiondvc.runtime import compute_dtype, prepare_trunk, release_free_memory, resolve_device
 
 
@@ -138,7 +138,7 @@ def featurize(store, frozen: nn.Module, out_dir: str | os.PathLike, *,
     side = NpyWriter(out_dir / "side.npy", np.float32, (len(store), side_width(frozen)))
     out_dtype = torch.float32 if writer.dtype == np.float32 else torch.float16
     try:
-        for batch in tqdm(loader, desc="featurize", unit="batch", disable=None):
+        for batch in progress(loader, desc="featurize", unit="batch"):
             x = normalize(batch.to(target, non_blocking=True))
             x = x.to(dtype=dtype, memory_format=torch.channels_last)
             y, pooled = run_trunk(frozen, x)

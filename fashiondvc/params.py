@@ -165,6 +165,7 @@ CONSTRAINTS: dict[str, Any] = {
     "train.select": Options(SELECTIONS),
     "train.seed": Integer(0),
     "train.device": Text(),
+    "train.devices": Integer(1),
     "train.precision": Options(PRECISIONS),
     "evaluate.threshold": Number(0, 1, open_low=True, open_high=True),
     "evaluate.thresholds": Options(THRESHOLDS),
@@ -203,7 +204,7 @@ def validate(params: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(key, CONSTRAINTS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise FashionError(f"{key}: unknown parameter{hint}")
-    raw = _raw_values(params)
+    raw = flatten(params, join_lists=False)
     for key, constraint in CONSTRAINTS.items():
         if key not in raw:
             raise FashionError(f"{key}: missing from params.yaml")
@@ -220,25 +221,16 @@ def validate(params: Mapping[str, Any]) -> None:
                            f"{raw['split.test_size']} + {raw['split.val_size']}")
 
 
-def _raw_values(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted key -> value as written (lists kept as lists), for every leaf."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            out.update({f"{key}.{k}": v for k, v in _raw_values(value).items()})
-        else:
-            out[str(key)] = value
-    return out
-
-
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists become comma-joined strings)."""
+def flatten(params: Mapping[str, Any], prefix: str = "", *,
+            join_lists: bool = True) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become comma-joined strings unless
+    ``join_lists`` is false (validation sees them as written)."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
+            flat.update(flatten(value, f"{name}.", join_lists=join_lists))
+        elif join_lists and isinstance(value, (list, tuple)):
             flat[name] = ",".join(map(str, value))
         else:
             flat[name] = value

@@ -28,7 +28,6 @@ from conftest import make_repo, run
 from fashiondvc import distributed
 from fashiondvc.errors import FashionError
 from fashiondvc.net import AttributeNet, LabelPCA
-from fashiondvc.params import CONSTRAINTS
 from fashiondvc.train import loader
 
 DISTKIT = Path(__file__).parent / "distkit.py"
@@ -210,8 +209,6 @@ def test_a_killed_two_process_run_resumes_as_if_never_killed(one_process, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("train.devices" not in CONSTRAINTS,
-                    reason="fashiondvc/params.py does not list train.devices yet")
 def test_the_train_stage_trains_with_two_ranks_and_rank_0_writes(tmp_path, sample_zip):
     repo = make_repo(tmp_path / "repo", sample_zip, **{"train.devices": 2})
     done = run(isolated(["dvc", "repro", "train"]), repo, env={"GLOO_SOCKET_IFNAME": "lo"})

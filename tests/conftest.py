@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from serverkit import TrackingServer, mlflow_server, postgres_cluster
 
 from fashiondvc.sample import make_sample_archive
 
@@ -51,10 +53,13 @@ def run(command: list[str], cwd: Path, check: bool = True, capture: bool = True,
 
     ``capture=False`` discards the output instead: needed for commands that leave daemons
     behind (``dvc queue start``), which would hold a captured pipe open for their lifetime.
+    The caller's ``MLFLOW_TRACKING_URI`` is dropped (runs go to the repo's own store) unless
+    ``env`` sets it.
     """
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", **kwargs.pop("env", {})}
+           "DVC_NO_ANALYTICS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(kwargs.pop("env", {}))
     output = {"capture_output": True} if capture else {
         "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     kwargs.setdefault("timeout", 1800)
@@ -102,3 +107,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from faultkit import reference_repo
 
     return reference_repo(tmp_path_factory)
+
+
+@pytest.fixture
+def tracking_server() -> Iterator[TrackingServer]:
+    """A throw-away MLflow server on a throw-away PostgreSQL cluster, both on 127.0.0.1."""
+    with postgres_cluster() as backend, mlflow_server(backend) as (url, artifacts):
+        yield TrackingServer(url, backend, artifacts)

@@ -20,10 +20,9 @@ from torchvision.models import VGG16_Weights, vgg16
 from fashiondvc.choices import N_CONVS
 from fashiondvc.errors import FashionError
 from fashiondvc.io import repo_path
+from fashiondvc.vgg import VGG16_CFG
 
 RANDOM_INIT_SEED = 0
-VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
-             "M")
 
 
 def conv_positions(features: nn.Sequential) -> list[int]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from fashiondvc.errors import FashionError
 
-#: torchvision's VGG-16 ``features`` configuration ("M" = 2x2 max-pool); as `trunk.VGG16_CFG`.
+#: torchvision's VGG-16 ``features`` configuration ("M" = 2x2 max-pool); `trunk` uses it too.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
              "M")
 #: File name of torchvision's ImageNet VGG-16 weights in its cache (``$TORCH_HOME``).

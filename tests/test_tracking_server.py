@@ -47,7 +47,12 @@ def test_two_queued_experiments_log_to_the_postgres_server(pipeline_repo, tracki
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == ["s1", "s2"]  # exactly the queued two; the baseline stayed local
     with psycopg.connect(server.backend_store_uri.replace("+psycopg", "")) as db:
-        assert db.execute("select count(*) from runs").fetchone()[0] == 2  # stored in PostgreSQL
+        stored = db.execute("select count(*) from runs join experiments using (experiment_id) "
+                            "where experiments.name = 'fashiondvc'").fetchone()[0]
+        on_clients = db.execute("select distinct artifact_uri from runs "
+                                "where artifact_uri not like 'mlflow-artifacts:%'").fetchall()
+    assert stored == 2  # in PostgreSQL
+    assert on_clients == []  # no run of any experiment keeps its files on a client's disk
 
     for name, k in (("s1", "3"), ("s2", "5")):
         r = runs[name]

@@ -76,7 +76,7 @@ def store_trunk(run, config: dict) -> tuple[str, str]:
         if found is not None:
             return found.experiment_id
         return client.create_experiment(TRUNK_EXPERIMENT,
-                                        artifact_location=artifact_location() + "/trunks")
+                                        artifact_location=artifact_location("trunks"))
 
     exp_id = with_retries(experiment, "open the trunk experiment")
     query = f"tags.`{TRUNK_TAG}` = '{key}' and attributes.status = 'FINISHED'"

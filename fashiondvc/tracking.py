@@ -56,8 +56,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def artifact_location() -> str:
-    return (project_root() / "mlartifacts").as_uri()
+def artifact_location(subfolder: str = "") -> str | None:
+    """Where a new experiment keeps its artifacts: ``<DVC_ROOT>/mlartifacts[/subfolder]`` for
+    the local SQLite store; None (the server's own ``mlflow-artifacts:`` root, so that every
+    client can download them) for a tracking server."""
+    if sqlite_path(tracking_uri()) is None:
+        return None
+    return (project_root() / "mlartifacts" / subfolder).as_uri()
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -90,8 +90,9 @@ def launch(train: Mapping[str, Any]) -> None:
     Returns (doing nothing) with ``devices`` <= 1 or when already under torchrun
     (``LOCAL_RANK`` set, e.g. a multi-machine run started by hand); otherwise this process
     becomes ``python -m torch.distributed.run --standalone --nproc-per-node devices`` with
-    the same script and arguments (same process id: a signal to it reaches every rank), and
-    each rank gets its share of the cores (``OMP_NUM_THREADS``, unless set).
+    the same stage module (``-m stages.train``, or script) and arguments (same process id: a
+    signal to it reaches every rank), and each rank gets its share of the cores
+    (``OMP_NUM_THREADS``, unless set).
 
     Raises
     ------
@@ -102,8 +103,10 @@ def launch(train: Mapping[str, Any]) -> None:
     if devices <= 1 or "LOCAL_RANK" in os.environ:
         return
     check(devices, resolve_device(train["device"]), train["batch_size"])
+    main = sys.modules["__main__"].__spec__  # `python -m stages.train`: keep the module form
+    target = ["-m", main.name] if main is not None else [sys.argv[0]]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={devices}", *sys.argv]
+               f"--nproc-per-node={devices}", *target, *sys.argv[1:]]
     print(f"training with {devices} processes: {' '.join(command[1:])}", flush=True)
     sys.stderr.flush()
     os.environ[LAUNCHER] = str(os.getpid())  # the pid torchrun will have

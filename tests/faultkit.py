@@ -1,6 +1,6 @@
 """Helpers for the bad-input, fault and determinism tests.
 
-- `run_stage` runs a stage script in this process exactly as ``python stages/<name>.py ARGS``
+- `run_stage` runs a stage script in this process exactly as ``python -m stages.<name> ARGS``
   would (``__main__``, ``sys.argv``, working directory), capturing its output and exit code; an
   exception that escapes `run_main` becomes a traceback in ``stderr``, as Python would print it.
   That keeps dozens of bad-input cases fast (no interpreter and torch start-up per case).

@@ -8,6 +8,11 @@ not imported reruns the stage for nothing.
 from __future__ import annotations
 
 import ast
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -64,7 +69,9 @@ def test_every_stage_lists_exactly_its_import_closure():
     problems = []
     for name, stage in stages.items():
         script = ROOT / "stages" / f"{name}.py"
-        assert f"stages/{name}.py" in stage["cmd"], f"{name}: runs another script"
+        # the module form imports fashiondvc from the checkout that runs (a queued or --temp
+        # experiment's copy), not from wherever the package was installed in editable mode
+        assert stage["cmd"].startswith(f"python -m stages.{name} "), f"{name}: runs another script"
         expected, listed = import_closure(script), code_deps(stage)
         if expected != listed:
             problems.append(f"{name}: missing {sorted(expected - listed)}, "
@@ -79,3 +86,21 @@ def test_closure_follows_function_level_and_transitive_imports(tmp_path, monkeyp
     assert "fashiondvc/preprocess.py" in closure  # through features.py
     assert "fashiondvc/__init__.py" in closure
     assert "fashiondvc/dataset.py" not in closure  # featurize never reads the archive
+
+
+def test_stage_commands_run_the_code_of_the_checkout_they_run_in(tmp_path):
+    # A queued or --temp experiment runs in a copy of the repository; with `python stages/x.py`
+    # Python would import fashiondvc from the editable install (the user's workspace, maybe
+    # edited since), while DVC hashed the copy's files: a cached result from other code.
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copytree(ROOT / "fashiondvc", tmp_path / "fashiondvc")
+    with open(tmp_path / "fashiondvc" / "__init__.py", "a") as init:
+        init.write("\nraise SystemExit('fashiondvc imported from the copy')\n")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("inputs", "train"):
+        argv = shlex.split(stages[name]["cmd"])
+        assert argv[0] == "python"
+        done = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        assert "fashiondvc imported from the copy" in done.stderr, (name, done.stderr[-500:])

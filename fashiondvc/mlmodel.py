@@ -17,9 +17,13 @@ one trunk store it once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 REGISTERED_NAME = "fashiondvc-attributes"
@@ -143,6 +147,24 @@ def _python_model():
     return PhotoAttributes()
 
 
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Silence save_model's advice that does not apply here, so that a stage's stderr keeps only
+    real warnings: type hints on ``predict`` (the signature is given explicitly), a missing
+    ``input_example`` (photos), and CloudPickle for ``python_model`` (the pickled class is ours,
+    its code ships in ``code_paths``, and the store is the team's own)."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def signature(labels: list[str]):
     """Input: a ``photo`` column (path or bytes); output: one double column per attribute."""
     from mlflow.models import ModelSignature
@@ -163,7 +185,7 @@ def log_model(run, model_path: str | os.PathLike, precision: str, dataset_sha256
 
     _, config = load_net(model_path)
     trunk_uri, trunk_sha = store_trunk(run, config)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         folder = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
             folder, python_model=_python_model(), artifacts={"net": str(model_path)},

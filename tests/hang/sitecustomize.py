@@ -1,8 +1,9 @@
 """Test hook: park one stage at a fixed point so a test can SIGKILL it there.
 
 Active only when ``FASHIONDVC_TEST_HANG=<stage>`` is set and this process runs
-``stages/<stage>.py`` (tests/faultkit.py puts this folder on PYTHONPATH for `dvc repro`). At the
-hang point the process writes its pid to ``$FASHIONDVC_TEST_HANG_MARKER`` and sleeps until killed:
+``python -m stages.<stage>`` (tests/faultkit.py puts this folder on PYTHONPATH for
+`dvc repro`). At the hang point the process writes its pid to
+``$FASHIONDVC_TEST_HANG_MARKER`` and sleeps until killed:
 
 - ingest: at the 5th decoded image (the ingested folder is half-written in its .tmp- sibling)
 - augment: at the 5th image appended to a shard
@@ -71,5 +72,9 @@ def _install(stage: str) -> None:
         module.SearchIndex.save = _after(1, module.SearchIndex.save)
 
 
-if _STAGE and sys.argv and sys.argv[0].replace("\\", "/").endswith(f"stages/{_STAGE}.py"):
+# dvc.yaml runs `python -m stages.<name>`; at start-up sys.argv[0] is still "-m", so look at
+# the interpreter's own command line
+_ARGV = getattr(sys, "orig_argv", sys.argv)
+if _STAGE and (f"stages.{_STAGE}" in _ARGV
+               or any(a.replace("\\", "/").endswith(f"stages/{_STAGE}.py") for a in _ARGV)):
     _install(_STAGE)

@@ -69,9 +69,7 @@ def frozen_trunk(config: dict):
 
 def store_trunk(run, config: dict) -> tuple[str, str]:
     """``(uri, sha256)`` of the trunk's weights in the store, logging them on first use."""
-    import torch
-
-    from fashiondvc.tracking import artifact_location, with_retries
+    from fashiondvc.tracking import artifact_location, store_lock, with_retries
 
     client, key = run.client, trunk_key(config)
 
@@ -83,6 +81,15 @@ def store_trunk(run, config: dict) -> tuple[str, str]:
                                         artifact_location=artifact_location("trunks"))
 
     exp_id = with_retries(experiment, "open the trunk experiment")
+    with store_lock():  # queue workers logging at once store the trunk once (SQLite)
+        return _find_or_log_trunk(client, exp_id, key, config)
+
+
+def _find_or_log_trunk(client, exp_id: str, key: str, config: dict) -> tuple[str, str]:
+    import torch
+
+    from fashiondvc.tracking import with_retries
+
     query = f"tags.`{TRUNK_TAG}` = '{key}' and attributes.status = 'FINISHED'"
     found = with_retries(lambda: client.search_runs([exp_id], query, max_results=1),
                          "search trunks")

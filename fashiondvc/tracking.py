@@ -27,6 +27,7 @@ concurrent queue workers never race Alembic migrations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -124,6 +125,18 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 # --------------------------------------------------------------------------- the store
 
 
+def store_lock() -> contextlib.AbstractContextManager:
+    """A lock across processes on this machine for the SQLite store (``<database>-lock``,
+    `LOCK_TIMEOUT_S`), for check-then-create steps that must not run twice at once; a no-op
+    for a tracking server (its clients are on other machines)."""
+    database = sqlite_path(tracking_uri())
+    if database is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{database}-lock", timeout=LOCK_TIMEOUT_S)
+
+
 def open_client():
     """An ``MlflowClient`` whose store exists with its current schema.
 
@@ -143,17 +156,12 @@ def open_client():
     database = sqlite_path(uri)
 
     def ready() -> MlflowClient:
-        if database is None:
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            client.search_experiments(max_results=1)
-            return client
-        from filelock import FileLock
-
         # the constructor already opens (creates, migrates) the tracking store
-        with FileLock(f"{database}-lock", timeout=LOCK_TIMEOUT_S):
+        with store_lock():
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
-            client.search_registered_models(max_results=1)  # registry schema, same file
+            if database is not None:
+                client.search_registered_models(max_results=1)  # registry schema, same file
         return client
 
     return with_retries(ready, "open the store")
@@ -180,9 +188,10 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _running(client, exp_id: str, name: str, extra: str = "") -> list:
-    """RUNNING runs of this project root named ``name`` (plus an extra filter clause)."""
-    query = (f"attributes.run_name = {_quote(name)} and attributes.status = 'RUNNING' "
+def _running(client, exp_id: str, name: str | None, extra: str = "") -> list:
+    """RUNNING runs of this project root named ``name`` (any name: None), plus an extra clause."""
+    named = "" if name is None else f"attributes.run_name = {_quote(name)} and "
+    query = (f"{named}attributes.status = 'RUNNING' "
              f"and tags.`{ROOT_TAG}` = {_quote(str(project_root()))}{extra}")
     return with_retries(lambda: client.search_runs([exp_id], query, max_results=100),
                         "search runs")
@@ -394,11 +403,15 @@ def start_live_run(params: Mapping[str, Any], dataset_sha256: str | None = None
 
 def _adoptable(client, exp_id: str, name: str, model_sha256: str,
                params: Mapping[str, str]) -> TrackedRun | None:
-    """The RUNNING run that this pipeline's train stage opened for this very model, if any."""
-    candidates = _running(client, exp_id, name, f" and tags.`{MODEL_TAG}` = {_quote(model_sha256)}")
+    """The RUNNING run that this pipeline's train stage opened for this very model, if any.
+
+    Matched by project root, model sha256 and params, not by ``name``: a workspace run's name
+    holds the commit, which a commit made while it trained would change; the run keeps the
+    name train gave it."""
+    candidates = _running(client, exp_id, None, f" and tags.`{MODEL_TAG}` = {_quote(model_sha256)}")
     for found in sorted(candidates, key=lambda r: r.info.start_time, reverse=True):
         if found.data.params == params:
-            return TrackedRun(client, exp_id, found.info.run_id, name)
+            return TrackedRun(client, exp_id, found.info.run_id, found.info.run_name or name)
     return None
 
 

@@ -158,6 +158,21 @@ def test_evaluate_after_a_restored_train_logs_a_fresh_run(workspace):
     assert sorted((m.step, m.value) for m in history) == [(1, 0.9), (2, 0.7)]
 
 
+def test_a_commit_while_a_workspace_run_trains_does_not_orphan_its_run(workspace,
+                                                                       monkeypatch):
+    """`dvc repro` names its run workspace@<commit>; a commit made while it trains changes
+    that name before evaluate runs: evaluate still ends train's run (and keeps its name)."""
+    monkeypatch.delenv("DVC_EXP_NAME")
+    monkeypatch.setattr(tracking, "git_revision", lambda: "aaaaaaa" * 6)
+    live = tracking.start_live_run(PARAMS)
+    live.handover(HISTORY, "models/net.pt")
+    monkeypatch.setattr(tracking, "git_revision", lambda: "bbbbbbb" * 6)
+    assert tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe",
+                                   "models/net.pt") == live.run.run_id
+    [run] = all_runs()
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "workspace@aaaaaaa")
+
+
 def test_a_run_of_another_model_or_params_is_not_adopted(workspace):
     live = tracking.start_live_run(PARAMS)
     live.handover(HISTORY, "models/net.pt")

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,15 @@ def tracking_server() -> Iterator[TrackingServer]:
     """A throw-away MLflow server on a throw-away PostgreSQL cluster, both on 127.0.0.1."""
     with postgres_cluster() as backend, mlflow_server(backend) as (url, artifacts):
         yield TrackingServer(url, backend, artifacts)
+
+
+def wait_for_queue(repo, timeout: float = 900) -> str:
+    """Poll ``dvc queue status`` until nothing is queued or running; return the last status."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    run(["dvc", "queue", "stop", "--kill"], repo, check=False)
+    return status

@@ -1,11 +1,10 @@
 """DVC experiments and MLflow: one run per pipeline run, queues, and the paper's table."""
 
 import sqlite3
-import time
 
 import pandas as pd
 import pytest
-from conftest import run
+from conftest import run, wait_for_queue
 from mlflow.tracking import MlflowClient
 
 from fashiondvc.paper import paper_table
@@ -70,13 +69,7 @@ def test_four_queued_experiments_in_parallel_make_four_runs(pipeline_repo):
     for i, k in enumerate((1.5, 3, 4, 6)):
         run(["dvc", "exp", "run", "--queue", "-n", f"q{i}", "-S", f"k={k}"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo, capture=False)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    run(["dvc", "queue", "stop", "--kill"], repo, check=False)
+    status = wait_for_queue(repo)
     assert status.count("Success") == 4, status
 
     _, runs = mlflow_runs(repo)

@@ -1,28 +1,15 @@
 """A shared MLflow server on PostgreSQL: queued experiments log runs, curves and artifacts to it."""
 
 import json
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import run
+from conftest import run, wait_for_queue
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for_queue(repo, timeout: float = 900) -> str:
-    """Poll ``dvc queue status`` until nothing is queued or running; return the last status."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    run(["dvc", "queue", "stop", "--kill"], repo, check=False)
-    return status
 
 
 def test_two_queued_experiments_log_to_the_postgres_server(pipeline_repo, tracking_server,

@@ -59,14 +59,6 @@ def trunk_key(config: dict) -> str:
     return f"{source}:frozen_convs={config['frozen_convs']}"
 
 
-def frozen_trunk(config: dict):
-    """The frozen part of VGG-16 the network was trained on (`fashiondvc.trunk`)."""
-    from fashiondvc.trunk import load_vgg16, split_vgg
-
-    frozen, _ = split_vgg(load_vgg16(config["weights"]), config["frozen_convs"])
-    return frozen
-
-
 def store_trunk(run, config: dict) -> tuple[str, str]:
     """``(uri, sha256)`` of the trunk's weights in the store, logging them on first use."""
     from fashiondvc.tracking import artifact_location, store_lock, with_retries
@@ -95,7 +87,9 @@ def _find_or_log_trunk(client, exp_id: str, key: str, config: dict) -> tuple[str
                          "search trunks")
     if found:
         return f"runs:/{found[0].info.run_id}/frozen.pt", found[0].data.tags["sha256"]
-    state = frozen_trunk(config).state_dict()
+    from fashiondvc.index import frozen_trunk
+
+    state = frozen_trunk(config["weights"], config["frozen_convs"]).state_dict()
     digest = state_sha256(state)
     trunk_run = with_retries(lambda: client.create_run(
         exp_id, run_name=key, tags={TRUNK_TAG: key, "sha256": digest}), "create trunk run")

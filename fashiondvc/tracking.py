@@ -188,12 +188,14 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _running(client, exp_id: str, name: str | None, extra: str = "") -> list:
-    """RUNNING runs of this project root named ``name`` (any name: None), plus an extra clause."""
+def _project_runs(client, exp_id: str, name: str | None, status: str = "= 'RUNNING'",
+                  extra: str = "", max_results: int = 100) -> list:
+    """Runs of this project root named ``name`` (any name: None) whose status matches
+    ``status`` (an MLflow filter comparison, e.g. ``!= 'FINISHED'``), plus an extra clause."""
     named = "" if name is None else f"attributes.run_name = {_quote(name)} and "
-    query = (f"{named}attributes.status = 'RUNNING' "
+    query = (f"{named}attributes.status {status} "
              f"and tags.`{ROOT_TAG}` = {_quote(str(project_root()))}{extra}")
-    return with_retries(lambda: client.search_runs([exp_id], query, max_results=100),
+    return with_retries(lambda: client.search_runs([exp_id], query, max_results=max_results),
                         "search runs")
 
 
@@ -278,18 +280,15 @@ class TrackedRun:
 
     def fail_orphans(self) -> None:
         """Mark FAILED the other RUNNING runs of this name and root (killed pipelines)."""
-        for run in _running(self.client, self.experiment_id, self.name):
+        for run in _project_runs(self.client, self.experiment_id, self.name):
             if run.info.run_id != self.run_id:
                 with_retries(lambda r=run: self.client.set_terminated(r.info.run_id, "FAILED"),
                              "mark an orphan run FAILED")
 
     def delete_unfinished(self) -> None:
         """Delete the RUNNING and FAILED runs of this name and root (replaced by this one)."""
-        query = (f"attributes.run_name = {_quote(self.name)} and attributes.status != "
-                 f"'FINISHED' and tags.`{ROOT_TAG}` = {_quote(str(project_root()))}")
-        found = with_retries(lambda: self.client.search_runs([self.experiment_id], query,
-                                                             max_results=1000), "search runs")
-        for run in found:
+        for run in _project_runs(self.client, self.experiment_id, self.name,
+                                 status="!= 'FINISHED'", max_results=1000):
             if run.info.run_id != self.run_id:
                 with_retries(lambda r=run: self.client.delete_run(r.info.run_id),
                              "delete a replaced run")
@@ -408,7 +407,8 @@ def _adoptable(client, exp_id: str, name: str, model_sha256: str,
     Matched by project root, model sha256 and params, not by ``name``: a workspace run's name
     holds the commit, which a commit made while it trained would change; the run keeps the
     name train gave it."""
-    candidates = _running(client, exp_id, None, f" and tags.`{MODEL_TAG}` = {_quote(model_sha256)}")
+    candidates = _project_runs(client, exp_id, None,
+                               extra=f" and tags.`{MODEL_TAG}` = {_quote(model_sha256)}")
     for found in sorted(candidates, key=lambda r: r.info.start_time, reverse=True):
         if found.data.params == params:
             return TrackedRun(client, exp_id, found.info.run_id, found.info.run_name or name)
@@ -518,11 +518,8 @@ def relog(metrics_dir: str | os.PathLike = "metrics", model_path: str | os.PathL
     client = open_client()
     exp_id = experiment_id(client)
     name = run_name()
-    query = (f"attributes.run_name = {_quote(name)} and attributes.status = 'FINISHED' "
-             f"and tags.`{ROOT_TAG}` = {_quote(str(project_root()))} "
-             f"and tags.`{MODEL_TAG}` = {_quote(sha256_file(model_path))}")
-    done = with_retries(lambda: client.search_runs([exp_id], query, max_results=1),
-                        "search runs")
+    done = _project_runs(client, exp_id, name, status="= 'FINISHED'", max_results=1,
+                         extra=f" and tags.`{MODEL_TAG}` = {_quote(sha256_file(model_path))}")
     if done:
         print(f"mlflow: run {name!r} ({done[0].info.run_id}) is already logged: "
               f"{ui_address(tracking_uri(), exp_id, done[0].info.run_id)}")

@@ -110,11 +110,12 @@ def _python_model():
         def load_context(self, context) -> None:
             import mlflow
             import torch
+            from torch import nn
 
             from fashiondvc.errors import FashionError
             from fashiondvc.index import Featurizer
             from fashiondvc.net import load_net
-            from fashiondvc.trunk import split_vgg
+            from fashiondvc.vgg import cut_index, features
 
             settings = context.model_config
             net, config = load_net(context.artifacts["net"])
@@ -123,10 +124,12 @@ def _python_model():
             if state_sha256(state) != settings["trunk_sha256"]:
                 raise FashionError(f"{settings['trunk_uri']}: trunk weights changed "
                                    "(sha256 mismatch)")
-            from torchvision.models import vgg16
-
-            frozen, _ = split_vgg(vgg16(weights=None), config["frozen_convs"])
+            # only the frozen layers, allocated empty and filled (cast to float32) from the
+            # store: no whole VGG-16 with its 124M classifier weights initialised for nothing
+            frozen = nn.Sequential(*features()[:cut_index(config["frozen_convs"])])
+            frozen = frozen.to_empty(device="cpu")
             frozen.load_state_dict(state)
+            frozen.requires_grad_(False).eval()
             self.featurizer = Featurizer(net, config, frozen=frozen,
                                          precision=settings["precision"])
 

@@ -1,12 +1,13 @@
 """Seconds per training epoch at full scale, on stored features of the real shape.
 
-    .venv/bin/python bench/epoch.py --frozen-convs 12 [--epochs 1] [--precision fp32]
+    .venv/bin/python bench/epoch.py --frozen-convs 12 [--epochs 1] [--precision fp32 bf16]
 
 Writes a float16 ``.npy`` of 20412 rows of the trunk's output shape for ``--frozen-convs``
 (random values: the time of a training step does not depend on them; 4.1 GB for 12), splits it
 2:1 like the pipeline, and times `fit` through the same `FeatureSet` data path as the train
-stage (rows in memory when they fit 1.5 GiB, else memory-mapped). Prints seconds per epoch,
-the peak resident memory and the load average, and writes ``bench/epoch-<fc>-<precision>.json``.
+stage (rows in memory when they fit 1.5 GiB, else read per batch), once per ``--precision``
+in one process (side by side). Prints seconds per epoch, the peak resident memory and the load
+average, and writes ``bench/epoch-<fc>-<precisions>.json``.
 
     .venv/bin/python bench/epoch.py --variants [--rows 256]
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -142,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frozen-convs", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", nargs="+", default=["fp32"],
+                        help="one or more train.precision values, timed one after another")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fashiondvc-epoch"))
     parser.add_argument("--variants", action="store_true",
                         help="issue 14 item 2: precisions and layouts side by side")
@@ -163,28 +164,34 @@ def main() -> None:
     is_test = np.repeat(rng.random(N_IMAGES // 11 + 1) < 0.33, 11)[:N_IMAGES]
     train = FeatureSet(features, np.flatnonzero(~is_test), targets, mask)
     test = FeatureSet(features, np.flatnonzero(is_test), targets, mask)
-    net = build_net("random", args.frozen_convs, 224, 256, N_LABELS, 0.5, seed=0)
-    config = TrainConfig(k=3, lr=1e-7, epochs=args.epochs, batch_size=64, device="cpu",
-                         precision=args.precision)
-    marks, loads = [time.perf_counter()], []
-
-    def on_epoch(_: dict) -> None:
-        marks.append(time.perf_counter())
-        loads.append(os.getloadavg()[0])
-
-    fit(net, train, test, config, on_epoch=on_epoch)
     result = {
         "machine": machine.describe(), "roofline": machine.gemm_roofline(args.gemm_n),
-        "frozen_convs": args.frozen_convs, "precision": args.precision,
-        "threads": torch.get_num_threads(), "train_rows": len(train), "test_rows": len(test),
-        "in_memory": train.cache is not None, "seconds_per_epoch": list(np.diff(marks)),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "load": loads,
+        "frozen_convs": args.frozen_convs, "threads": torch.get_num_threads(),
+        "train_rows": len(train), "test_rows": len(test), "in_memory": train.cache is not None,
+        "runs": [],
     }
-    out = BENCH / f"epoch-{args.frozen_convs}-{args.precision}.json"
+    for precision in args.precision:  # side by side in one process, same rows and page cache
+        net = build_net("random", args.frozen_convs, 224, 256, N_LABELS, 0.5, seed=0)
+        config = TrainConfig(k=3, lr=1e-7, epochs=args.epochs, batch_size=64, device="cpu",
+                             precision=precision)
+        marks, loads = [time.perf_counter()], []
+
+        def on_epoch(_: dict, marks=marks, loads=loads) -> None:
+            marks.append(time.perf_counter())
+            loads.append(machine.load())
+
+        fit(net, train, test, config, on_epoch=on_epoch)
+        run = {"precision": precision, "seconds_per_epoch": [round(s, 1) for s in np.diff(marks)],
+               "load": loads,
+               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        result["runs"].append(run)
+        print(json.dumps(run), flush=True)
+    first = result["runs"][0]["seconds_per_epoch"][-1]
+    for run in result["runs"]:
+        run["speedup_vs_first"] = round(first / run["seconds_per_epoch"][-1], 2)
+    out = BENCH / f"epoch-{args.frozen_convs}-{'-'.join(args.precision)}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
 
 if __name__ == "__main__":
     main()

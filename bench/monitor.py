@@ -1,6 +1,6 @@
 """Wall time and peak memory of commands and of the DVC stages they run, by polling /proc.
 
-A stage is a process whose command line holds ``stages/<name>.py`` (DataLoader workers and
+A stage is a process whose command line holds ``stages.<name>`` or ``stages/<name>.py`` (workers and
 process-pool children are forks with the same command line: they are counted in their stage's
 tree, not as stages of their own). Per stage we keep the peak resident set of the stage process
 (``VmHWM``, exact) and the peak proportional set size of its whole tree (PSS: shared pages of
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-STAGE_RE = re.compile(r"stages/(\w+)\.py")
+STAGE_RE = re.compile(r"\bstages[./](\w+)")
 GIB = 2**30
 
 

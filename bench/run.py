@@ -295,6 +295,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--fullscale", type=Path, default=BENCH / "fullscale.json")
     parser.add_argument("--out", type=Path, default=BENCH / "results.md")
+    parser.add_argument("--json", type=Path, default=BENCH / "results.json",
+                        help="where the figures go (e.g. results-avx2.json for a second CPU kind)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="write only --json, not results.md (a second machine's run)")
     parser.add_argument("--render-only", action="store_true",
                         help="only rewrite results.md from results.json and the other files")
     return parser.parse_args()
@@ -313,7 +317,7 @@ def write_report(results: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     if args.render_only:
-        write_report(json.loads((BENCH / "results.json").read_text()), args)
+        write_report(json.loads(args.json.read_text()), args)
         return
     if args.archive is None:
         raise SystemExit("--archive is required (except with --render-only)")
@@ -333,8 +337,9 @@ def main() -> None:
     results["stored_vs_recompute"] = [
         stored_vs_recompute(ingested, store, split_csv, args.work, fc, args) for fc in (13, 12)]
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_report(results, args)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if not args.no_report:
+        write_report(results, args)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ class Featurizer:
         from fashiondvc.net import load_net
 
         net, config = load_net(model_path)
+        config = {**config, "weights": weights_for_model(config["weights"], model_path)}
         return cls(net, config, precision=precision)
 
     def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +213,25 @@ class Featurizer:
                                f"{MAX_PIXELS // 1_000_000} megapixels")
         probs, embeddings = self.images([load_rgb(data, name)])
         return probs[0], embeddings[0]
+
+
+def weights_for_model(weights: str, model_path: str | os.PathLike) -> str:
+    """``model.weights`` as saved in a model, found from wherever the model is used.
+
+    A relative weights path was relative to the repository that trained the model; from
+    another working directory (``fashiondvc search --model /repo/models/net.pt``) it is
+    looked up from the nearest folder above the model file that holds a ``dvc.yaml``.
+    ``imagenet``, ``random``, absolute paths and paths found from here are returned as given.
+    """
+    from fashiondvc.io import repo_path
+
+    if weights in ("imagenet", "random") or Path(weights).is_absolute() or repo_path(
+            weights).exists():
+        return weights
+    for folder in Path(model_path).resolve().parents:
+        if (folder / "dvc.yaml").is_file():
+            return str(folder / weights) if (folder / weights).exists() else weights
+    return weights
 
 
 def frozen_trunk(weights: str, frozen_convs: int):

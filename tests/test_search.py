@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import searchkit
 from conftest import run, set_params
 from PIL import Image
 from searchkit import LABELS, N_PHOTOS, make_collection, save_tiny_net
@@ -191,6 +192,36 @@ def test_cli_search_prints_attributes_and_results(collection, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: --where: unknown attribute 'sparkly'")
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_model_finds_its_relative_weights_file_from_another_directory(collection, tmp_path,
+                                                                        monkeypatch):
+    """models/net.pt saved with ``model.weights: weights/vgg.pth`` (relative to the repo)."""
+    import torch
+
+    from fashiondvc.index import Featurizer
+    from fashiondvc.net import save_net
+    from fashiondvc.trunk import load_vgg16
+    from fashiondvc.vgg import frozen_part
+
+    repo = tmp_path / "repo"
+    (repo / "weights").mkdir(parents=True)
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    vgg = load_vgg16("random")
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()},
+               repo / "weights" / "vgg.pth")
+    net = Featurizer.from_file(collection.model).net
+    save_net(net, repo / "models" / "net.pt", {**searchkit.CONFIG, "weights": "weights/vgg.pth"})
+    monkeypatch.chdir(tmp_path)  # not the repo: "weights/vgg.pth" does not exist from here
+    featurizer = Featurizer.from_file(repo / "models" / "net.pt")
+    assert featurizer.config["weights"] == str(repo / "weights" / "vgg.pth")
+    expected = frozen_part(repo / "weights" / "vgg.pth", 13)
+    for ours, theirs in zip(featurizer.frozen.state_dict().values(),
+                            expected.state_dict().values(), strict=True):
+        assert torch.equal(ours.float(), theirs.float())
+    (repo / "dvc.yaml").unlink()  # no repository above the model: the path stays as saved
+    with pytest.raises(FashionError, match="weights/vgg.pth"):
+        Featurizer.from_file(repo / "models" / "net.pt")
 
 
 @pytest.mark.slow

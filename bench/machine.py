@@ -43,7 +43,14 @@ def load() -> float:
 
 
 def describe() -> dict:
-    """CPU model, flags subset, clock, cores, torch threads, bf16 support, CUDA, load now."""
+    """CPU model, flags subset, clock, cores, torch threads, bf16 support, CUDA, load now.
+
+    ``family_model`` (cpuinfo's ``cpu family/model/stepping``) tells CPU generations with the
+    same name apart (AMD EPYC family 25 model 17 is Zen 4, family 26 is Zen 5); ``isa`` is
+    the kernel set torch dispatches to, which ``ATEN_CPU_CAPABILITY`` and
+    ``ONEDNN_MAX_CPU_ISA`` can lower (``isa_cap``): a run capped at AVX2 takes an AVX2-only
+    CPU's code paths (and falls back to fp32: ``native_bf16`` false).
+    """
     from fashiondvc.runtime import cpu_supports_bf16
 
     info = _cpuinfo()
@@ -51,7 +58,11 @@ def describe() -> dict:
     return {
         "cpu": info.get("model name") or platform.processor() or "unknown",
         "flags": [f for f in FLAGS if f in flags],
+        "family_model": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
         "mhz": float(info["cpu MHz"]) if "cpu MHz" in info else None,
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "isa_cap": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                               "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -114,7 +125,11 @@ def conv_gflop(first_conv: int, last_conv: int, image_size: int = 224) -> float:
 def markdown(machine: dict, roofline: dict | None = None) -> str:
     """One line describing the machine (and its GEMM roofline) for a results file."""
     clock = f", {machine['mhz']:.0f} MHz" if machine.get("mhz") else ""
-    line = (f"{machine['cpu']} ({', '.join(machine['flags']) or 'no AVX2'}{clock}), "
+    cap = machine.get("isa_cap")
+    isa = f", kernels {machine['isa']}" + (f" (capped: {cap})" if cap else "") if machine.get(
+        "isa") else ""
+    model = f" {machine['family_model']}" if machine.get("family_model") else ""
+    line = (f"{machine['cpu']}{model} ({', '.join(machine['flags']) or 'no AVX2'}{clock}{isa}), "
             f"{machine['cores']} CPUs, torch {machine['torch']} with {machine['torch_threads']} "
             f"threads, native bf16: {'yes' if machine['native_bf16'] else 'no'}, load "
             f"{machine['load']}")

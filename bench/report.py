@@ -24,13 +24,14 @@ def machine_section(results: dict) -> list[str]:
         f"AMX: {m['amx']}); torch {m['torch']}, {m['torch_threads']} threads; "
         f"CUDA: {m['cuda']}.",
         f"- Precision: featurize `{results['precision']}` (trunk weights cast to bf16, "
-        "channels_last), stored features float16; training fp32 (`train.precision`).",
+        "channels_last), stored features float16; items 1-2 train in fp32 (like for like; the "
+        "pipeline's `train.precision` is bf16 where native since issue 14).",
         "- **Shared machine**: 2 cores used at the same time by other engineers' test runs, so "
         "absolute figures are noisy; the 1-minute load average is recorded beside each figure, "
         "and ratios are measured side by side in one run.",
-        "- **No GPU**: this session was not lent a GPU machine. `bench/gpu.py` (featurize "
-        "20416 images and train one row with `frozen_convs=12` on CUDA) was written but "
-        "**not run here**; there are no GPU figures.", "",
+        "- **No GPU**: no session has been lent a GPU machine yet. `bench/gpu.py` (issue 14 "
+        "item 5) is ready and checked on a CPU by `tests/test_bench.py`; there are no GPU "
+        "figures.", "",
     ]
 
 
@@ -187,19 +188,25 @@ def stage_lines(name: str, title: str) -> list[str]:
 
 
 def epoch_lines() -> list[str]:
-    """One line per bench/epoch.py result present."""
+    """One line per precision of each bench/epoch.py result (``epoch-<fc>-<precisions>.json``)."""
     lines = []
     for path in sorted(BENCH.glob("epoch-*.json"), reverse=True):
         r = json.loads(path.read_text())
-        fc = r["frozen_convs"]
-        if True:
-            per_epoch = ", ".join(f"{x:.1f}" for x in r["seconds_per_epoch"])
+        if "runs" not in r:  # --variants output: its own section in issue14.md
+            continue
+        roofline = r["roofline"]
+        for run in r["runs"]:
+            per_epoch = ", ".join(f"{x:.1f}" for x in run["seconds_per_epoch"])
             lines.append(
-                f"- **Seconds per epoch, frozen_convs={fc}** (`bench/epoch.py`, "
-                f"{r['train_rows']} train + {r['test_rows']} test rows of the real shape, "
-                f"{r['precision']}, rows {'in memory' if r['in_memory'] else 'read per batch'}): "
-                f"**{per_epoch} s** (train pass + test predictions), peak RSS "
-                f"{r['peak_rss_gib']:.2f} GiB, load {', '.join(f'{x:.1f}' for x in r['load'])}.")
+                f"- **Seconds per epoch, frozen_convs={r['frozen_convs']}, {run['precision']}** "
+                f"(`bench/epoch.py`, {r['train_rows']} train + {r['test_rows']} test rows of the "
+                f"real shape, rows {'in memory' if r['in_memory'] else 'read per batch'}; "
+                f"{r['machine']['cpu']} {r['machine'].get('family_model', '')}, GEMM "
+                f"{roofline['fp32']:.0f} / {roofline['bf16']:.0f} GFLOP/s fp32 / bf16): "
+                f"**{per_epoch} s** (train pass + test predictions), "
+                f"{run['speedup_vs_first']}x the first precision of the same run, peak RSS "
+                f"{run['peak_rss_gib']:.2f} GiB, load "
+                f"{', '.join(f'{x:.1f}' for x in run['load'])}.")
     return lines
 
 
@@ -211,8 +218,9 @@ def more_section() -> list[str]:
 
 
 def extra_sections() -> list[str]:
-    """Hand-written notes (changes, gaps) from bench/notes.md, then bench/profile.md."""
-    return [f"{(BENCH / name).read_text()}\n" for name in ("notes.md", "profile.md")
+    """Hand-written sections: issue14.md (per item, side by side), notes.md, profile.md."""
+    return [f"{(BENCH / name).read_text()}\n" for name in ("issue14.md", "notes.md",
+                                                           "profile.md")
             if (BENCH / name).exists()]
 
 

@@ -159,6 +159,7 @@ def featurize_speed(store, frozen_convs: int, out: Path, *, batch: int, workers:
                     precision: str) -> float:
     """Images/s of the featurize function (JPEG decode in workers, write to disk)."""
     model = trunk(frozen_convs)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     featurize(store, model, out, feature_shape=feature_shape(frozen_convs, IMAGE_SIZE),
               batch_size=batch, workers=workers, precision=precision, device="cpu")
@@ -180,7 +181,7 @@ def throughput(store, work: Path, args: argparse.Namespace) -> dict:
     for _ in range(args.repeats):
         bare.append(bare_loop(13, len(sub), args.batch, args.precision))
         print(f"  bare loop: {bare[-1]:.2f} images/s (load {load()})", flush=True)
-        feat.append(featurize_speed(sub, 13, work / "throughput.npy", batch=args.batch,
+        feat.append(featurize_speed(sub, 13, work / "throughput", batch=args.batch,
                                     workers=args.workers, precision=args.precision))
         print(f"  featurize: {feat[-1]:.2f} images/s (load {load()})", flush=True)
     decode = decode_speed(sub)

@@ -125,13 +125,37 @@ class AttributeNet(nn.Module):
         return self.label_pca.decode(outputs.float())
 
 
+def trainable_convs(weights: str, frozen_convs: int) -> nn.Sequential:
+    """VGG-16's layers after the frozen cut, with ``weights``, trainable: `trunk.split_vgg`'s
+    second part.
+
+    From a weights file (or torchvision's cached ImageNet download) only the conv tensors are
+    read, memory-mapped, and the trainable ones copied (`fashiondvc.vgg`): no torchvision
+    import and no 138M-weight VGG-16 initialised first (2.4 s of a train stage's start on a
+    2-core CPU). ``random`` and an ImageNet download still to be made take `fashiondvc.trunk`.
+    """
+    from fashiondvc.vgg import cut_index, frozen_part, weights_file
+
+    path = weights_file(weights)
+    if path is None:
+        from fashiondvc.trunk import load_vgg16, split_vgg
+
+        return split_vgg(load_vgg16(weights), frozen_convs)[1]
+    every_conv = frozen_part(path, 13)  # checks the file; tensors mapped, not read
+    trainable = nn.Sequential(*every_conv[cut_index(frozen_convs):])  # numbered from 0
+    for module in trainable.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(param.detach().clone()))
+    return trainable.train()
+
+
 def build_net(weights: str, frozen_convs: int, image_size: int, hidden: int, n_labels: int,
               dropout: float, seed: int, *, head: str = "flatten", side_width: int = 0,
               label_pca: LabelPCA | None = None) -> AttributeNet:
     """The trainable network for features of ``frozen_convs`` at ``image_size``; head seeded."""
-    from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
+    from fashiondvc.vgg import feature_shape
 
-    _, trainable = split_vgg(load_vgg16(weights), frozen_convs)
+    trainable = trainable_convs(weights, frozen_convs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AttributeNet(trainable, feature_shape(frozen_convs, image_size), hidden,

@@ -123,3 +123,43 @@ def test_epoch_variants_runs(tmp_path: Path) -> None:
     assert len(result["variants"]) == 4 and result["rows"] == 8
     assert all(row["train_img_s"] > 0 and row["eval_img_s"] > 0 for row in result["variants"])
     assert result["input_gradient_of_stored_features"] is False
+
+
+@pytest.mark.slow
+def test_run_py_measures_both_items_on_a_small_archive(sample_zip: Path, tmp_path: Path) -> None:
+    """``run.py`` end to end on 4 photos (44 images): item 1 with roofline fractions, item 2."""
+    out = tmp_path / "results.json"
+    bench_script([str(BENCH / "run.py"), "--archive", str(sample_zip), "--work",
+                  str(tmp_path / "work"), "--photos", "4", "--images", "16",
+                  "--variant-images", "8", "--repeats", "1", "--batch", "8", "--workers", "0",
+                  "--json", str(out), "--no-report"], cwd=tmp_path)
+    results = json.loads(out.read_text())
+    throughput = results["throughput"]
+    assert throughput["images"] == 16 and throughput["ratio"] > 0
+    assert throughput["ratio"] == max(throughput["featurize"]) / max(throughput["bare"])
+    fractions = results["roofline_fractions"]
+    assert {"bare loop", "featurize", "trunk fp32"} <= set(fractions)
+    assert all(f["fraction"] > 0 for f in fractions.values())
+    assert [r["frozen_convs"] for r in results["stored_vs_recompute"]] == [13, 12]
+    assert all(r["images"] == 44 and r["train"] + r["test"] == 44
+               for r in results["stored_vs_recompute"])
+    assert not (BENCH / "results.md").stat().st_mtime > out.stat().st_mtime  # --no-report
+
+
+@pytest.mark.slow
+def test_experiment_cost_reuses_the_stored_features(sample_zip: Path, tmp_path: Path) -> None:
+    """``experiment_cost.py`` on the 24-photo archive: the untargeted ``dvc exp run -S k=5``
+    after a full run reruns train, evaluate and index from the stored features, never the
+    trunk (featurize), and costs a fraction of the full run."""
+    out = tmp_path / "cost.json"
+    bench_script([str(BENCH / "experiment_cost.py"), "--archive", str(sample_zip),
+                  "--weights", "random", "--epochs", "1", "--frozen-convs", "13",
+                  "--dest", str(tmp_path / "clone"), "--out", str(out)], cwd=tmp_path)
+    cost = json.loads(out.read_text())
+    assert cost["full_run"]["returncode"] == 0 and cost["experiment"]["returncode"] == 0
+    assert {"ingest", "augment", "featurize", "train", "evaluate", "index"} <= set(
+        cost["full_run"]["stages"])
+    assert {"train", "evaluate", "index"} <= set(cost["experiment_stages"])
+    assert not {"ingest", "augment", "split", "featurize"} & set(cost["experiment_stages"])
+    assert 0 < cost["fraction"] == round(cost["experiment"]["seconds"]
+                                         / cost["full_run"]["seconds"], 4) < 1

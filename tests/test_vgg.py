@@ -53,6 +53,27 @@ def test_frozen_part_equals_the_trunk_split_of_the_same_file(weights_file, froze
         assert torch.equal(built(x), expected(x))
 
 
+@pytest.mark.parametrize("frozen_convs", [10, 12, 13])
+def test_build_net_from_a_file_equals_the_torchvision_split(weights_file, frozen_convs):
+    """The train stage's net: the same layers, weights, trainability and head as when it was
+    built from torchvision's whole VGG-16 (`trunk.split_vgg`)."""
+    from fashiondvc.net import AttributeNet, trainable_convs
+
+    _, expected = trunk.split_vgg(trunk.load_vgg16(str(weights_file)), frozen_convs)
+    built = trainable_convs(str(weights_file), frozen_convs)
+    assert repr(built) == repr(expected) and built.training
+    for ours, theirs in zip(built.parameters(), expected.parameters(), strict=True):
+        assert ours.requires_grad and torch.equal(ours, theirs)
+    net = build_net(str(weights_file), frozen_convs, 32, 16, len(LABELS), 0.5, seed=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        before = AttributeNet(expected, trunk.feature_shape(frozen_convs, 32), 16, len(LABELS),
+                              0.5)
+    assert list(net.state_dict()) == list(before.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(net.state_dict().values(),
+                                                 before.state_dict().values(), strict=True))
+
+
 def test_frozen_part_refuses_a_file_without_the_frozen_convs(tmp_path, weights_file):
     state = torch.load(weights_file, weights_only=True)
     del state["features.24.weight"]

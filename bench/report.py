@@ -20,15 +20,18 @@ def machine_section(results: dict) -> list[str]:
     m = results["machine"]
     return [
         "## Machine", "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores (AVX-512 BF16: {m['avx512_bf16']}, "
-        f"AMX: {m['amx']}); torch {m['torch']}, {m['torch_threads']} threads; "
-        f"CUDA: {m['cuda']}.",
+        f"- CPU: {m['cpu']} (cpuinfo family/model/stepping {m.get('family_model', '?')}), "
+        f"{m['cores']} cores (AVX-512 BF16: {m['avx512_bf16']}, AMX: {m['amx']}); torch "
+        f"{m['torch']}, {m['torch_threads']} threads; CUDA: {m['cuda']}. Same-run GEMM "
+        f"roofline: {results['roofline']['fp32']:.0f} GFLOP/s fp32, "
+        f"{results['roofline']['bf16']:.0f} bf16; load {m['load_at_start']} at the start.",
         f"- Precision: featurize `{results['precision']}` (trunk weights cast to bf16, "
         "channels_last), stored features float16; items 1-2 train in fp32 (like for like; the "
         "pipeline's `train.precision` is bf16 where native since issue 14).",
-        "- **Shared machine**: 2 cores used at the same time by other engineers' test runs, so "
-        "absolute figures are noisy; the 1-minute load average is recorded beside each figure, "
-        "and ratios are measured side by side in one run.",
+        "- **Shared machine**: the 2 cores may be used by other jobs, so the 1-minute load "
+        "average is recorded beside each figure, and ratios are measured side by side in one "
+        "run. The full-scale sections below (2026-11-27) ran on another, faster CPU under "
+        "load: compare them with this run by ratios only.",
         "- **No GPU**: no session has been lent a GPU machine yet. `bench/gpu.py` (issue 14 "
         "item 5) is ready and checked on a CPU by `tests/test_bench.py`; there are no GPU "
         "figures.", "",
@@ -65,8 +68,8 @@ def fullscale_summary_rows(fs: dict) -> list[str]:
         ran = ", ".join(k5["stages"]) or "none"
         rows.append(
             f"| 3 | `dvc exp run -S k=5` after `dvc repro`, frozen_convs=13 (row g11: "
-            f"`dvc exp run -n g11 -S labels=attrs20 -S k=5 -S lr=1e-7 evaluate`; untargeted, "
-            f"the search `index` stage runs too: see Gaps) | stages "
+            f"`dvc exp run -n g11 -S labels=attrs20 -S k=5 -S lr=1e-7 evaluate`, 2026-11-27; "
+            f"the untargeted command, index included: issue 14 item 1 below) | stages "
             f"run: {ran}; {k5['seconds']:.0f} s / {repro['seconds']:.0f} s = "
             f"**{share:.1%}** | only train, evaluate; < 5% | "
             f"{mark(share < GOALS['share'] and set(k5['stages']) <= {'train', 'evaluate'})} |")

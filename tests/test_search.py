@@ -200,7 +200,7 @@ def test_a_model_finds_its_relative_weights_file_from_another_directory(collecti
     import torch
 
     from fashiondvc.index import Featurizer
-    from fashiondvc.net import save_net
+    from fashiondvc.net import load_net, save_net
     from fashiondvc.trunk import load_vgg16
     from fashiondvc.vgg import frozen_part
 
@@ -210,7 +210,7 @@ def test_a_model_finds_its_relative_weights_file_from_another_directory(collecti
     vgg = load_vgg16("random")
     torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()},
                repo / "weights" / "vgg.pth")
-    net = Featurizer.from_file(collection.model).net
+    net, _ = load_net(collection.model)
     save_net(net, repo / "models" / "net.pt", {**searchkit.CONFIG, "weights": "weights/vgg.pth"})
     monkeypatch.chdir(tmp_path)  # not the repo: "weights/vgg.pth" does not exist from here
     featurizer = Featurizer.from_file(repo / "models" / "net.pt")

@@ -182,7 +182,7 @@ def main() -> None:
 
         fit(net, train, test, config, on_epoch=on_epoch)
         run = {"precision": precision, "seconds_per_epoch": [round(s, 1) for s in np.diff(marks)],
-               "load": loads,
+               "load": loads,  # peak RSS of the process so far (earlier precisions included)
                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
         result["runs"].append(run)
         print(json.dumps(run), flush=True)
@@ -192,6 +192,7 @@ def main() -> None:
     out = BENCH / f"epoch-{args.frozen_convs}-{'-'.join(args.precision)}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
 
 if __name__ == "__main__":
     main()

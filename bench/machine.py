@@ -125,9 +125,9 @@ def conv_gflop(first_conv: int, last_conv: int, image_size: int = 224) -> float:
 def markdown(machine: dict, roofline: dict | None = None) -> str:
     """One line describing the machine (and its GEMM roofline) for a results file."""
     clock = f", {machine['mhz']:.0f} MHz" if machine.get("mhz") else ""
-    cap = machine.get("isa_cap")
-    isa = f", kernels {machine['isa']}" + (f" (capped: {cap})" if cap else "") if machine.get(
-        "isa") else ""
+    isa = f", kernels {machine['isa']}" if machine.get("isa") else ""
+    if machine.get("isa_cap"):
+        isa += f" (capped: {machine['isa_cap']})"
     model = f" {machine['family_model']}" if machine.get("family_model") else ""
     line = (f"{machine['cpu']}{model} ({', '.join(machine['flags']) or 'no AVX2'}{clock}{isa}), "
             f"{machine['cores']} CPUs, torch {machine['torch']} with {machine['torch_threads']} "

@@ -115,3 +115,15 @@ class _Pool:
     def __exit__(self, *exc: object) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
+
+
+def augment_ingested(ingested: str | os.PathLike, out_dir: str | os.PathLike, params
+                     ) -> pd.DataFrame:
+    """The augment stage: every ingested photo into the store at ``out_dir``, with
+    `fashiondvc.params.AugmentParams` ``params``; returns the store's index."""
+    from fashiondvc.dataset import read_ingested
+
+    labels = read_ingested(ingested)
+    return augment_folder(Path(ingested) / "images", labels["image_id"], out_dir,
+                          copies=params.copies, size=params.image_size, seed=params.seed,
+                          workers=params.workers)

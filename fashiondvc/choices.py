@@ -8,12 +8,23 @@ from the torch-based modules keeps the ingest, augment and split stages from imp
 PRECISIONS = ("bf16", "fp16", "fp32")
 #: ``train.optimizer``.
 OPTIMIZERS = ("adam", "sgd")
+#: ``model.backbone`` -> ``(knob, units)``: the parameter that says where its frozen part ends,
+#: and how many units (conv layers for VGG-16, stages for the others) it can freeze. The
+#: networks themselves live in `fashiondvc.backbones`, one entry each.
+BACKBONES = {
+    "vgg16": ("model.frozen_convs", 13),        # the paper's: conv1_1 .. conv5_3
+    "resnet50": ("model.frozen_stages", 5),     # stem, layer1 .. layer4
+    "convnext_tiny": ("model.frozen_stages", 5),  # stem, stage1 .. stage4
+}
 #: Conv layers of VGG-16: ``model.frozen_convs`` is in 0..N_CONVS.
-N_CONVS = 13
+N_CONVS = BACKBONES["vgg16"][1]
 #: ``model.weights`` keywords (anything else must be a state_dict file).
 WEIGHT_CHOICES = ("imagenet", "random")
 #: ``model.head``: the paper's flatten head, global-average-pooled, or pooled at every scale.
 HEADS = ("flatten", "gap", "multiscale")
+#: Named features the feature extractor returns (`fashiondvc.features.FEATURE_KINDS`);
+#: ``model.inputs`` picks the ones a head takes (``trunk`` always).
+FEATURE_KINDS = ("trunk", "side", "colour")
 #: ``train.loss``: weighted binary cross-entropy (the paper), focal, asymmetric.
 LOSSES = ("wbce", "focal", "asl")
 #: ``train.pos_weight``: ``k`` for every label (the paper), or per label from its frequency.

@@ -26,9 +26,7 @@ import io
 import os
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,10 +81,10 @@ def check(processes: int, device: torch.device, batch_size: int, *,
                            f"{torch.cuda.device_count()} visible")
 
 
-def launch(train: Mapping[str, Any]) -> None:
+def launch(train) -> None:
     """Re-execute this script under torchrun with ``train.devices`` processes, when needed.
 
-    ``train`` is the validated ``train`` block of params.yaml (``devices`` defaults to 1).
+    ``train`` is the validated ``train`` block of params.yaml (`fashiondvc.params.TrainParams`).
     Returns (doing nothing) with ``devices`` <= 1 or when already under torchrun
     (``LOCAL_RANK`` set, e.g. a multi-machine run started by hand); otherwise this process
     becomes ``python -m torch.distributed.run --standalone --nproc-per-node devices`` with
@@ -99,10 +97,10 @@ def launch(train: Mapping[str, Any]) -> None:
     FashionError
         From `check` or `fashiondvc.runtime.resolve_device`, before anything is started.
     """
-    devices = int(train["devices"])
+    devices = train.devices
     if devices <= 1 or "LOCAL_RANK" in os.environ:
         return
-    check(devices, resolve_device(train["device"]), train["batch_size"])
+    check(devices, resolve_device(train.device), train.batch_size)
     main = sys.modules["__main__"].__spec__  # `python -m stages.train`: keep the module form
     target = ["-m", main.name] if main is not None else [sys.argv[0]]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -8,16 +8,18 @@ baseline`): a model is only as good as its margin over it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fashiondvc import metrics
+from fashiondvc import losses, metrics
+from fashiondvc.config import ModelConfig
 from fashiondvc.net import AttributeNet
+from fashiondvc.rows import Splits, predict
 from fashiondvc.runtime import resolve_device
-from fashiondvc.train import Splits, TrainConfig, batch_loss, loader, predict
 
 
 @dataclass
@@ -29,36 +31,37 @@ class Evaluation:
     pr_curves: pd.DataFrame
 
 
-def evaluate(net: AttributeNet, data: Splits, names: list[str], config: TrainConfig, *,
+def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold: float = 0.5,
              thresholds: str = "fixed", batch_size: int = 256) -> Evaluation:
     """Metrics of ``net`` on the test rows, the train rows, both together, and validation.
 
     The headline holds the test metrics unprefixed (at the chosen thresholds), ``train_*`` and
     ``val_*`` ones, the training loss of train and test rows (``config``'s loss),
     ``f1_train_test`` (micro F1 over train and test rows together: the paper's column),
-    ``f1_micro_fixed`` (test micro F1 at ``config.threshold``), and the label-frequency
-    predictor's ``baseline_f1_micro`` and ``baseline_map``.
+    ``f1_micro_fixed`` (test micro F1 at ``threshold``), and the label-frequency predictor's
+    ``baseline_f1_micro`` and ``baseline_map``. The network runs as it trained
+    (``config.train``'s device and precision); ``thresholds`` is ``evaluate.thresholds``.
     """
-    target = resolve_device(config.device)
+    names, train_config = list(config.labels), config.train
+    target = resolve_device(train_config.device)
     net.to(target)
     torch.manual_seed(0)
-    everything = data.subset(np.arange(len(data.features)))
-    outputs = predict(net, loader(everything, batch_size, shuffle=False, seed=0), target,
-                      config.precision)
+    everything = data.subset(np.arange(len(data)))
+    outputs = predict(net, everything, target, train_config.precision, batch_size=batch_size)
     probs = net.probabilities(outputs.to(target)).cpu().numpy()
     y, m = data.targets, data.mask.astype(bool)
     if thresholds == "tuned":
         cut = metrics.tune_thresholds(y[data.val_rows], probs[data.val_rows],
-                                      m[data.val_rows], config.threshold)
+                                      m[data.val_rows], threshold)
     else:
-        cut = np.full(len(names), config.threshold)
+        cut = np.full(len(names), threshold)
 
     def subset(rows: np.ndarray) -> dict:
         with torch.no_grad():
-            loss = float(batch_loss(net, outputs[rows].to(target),
-                                    torch.from_numpy(y[rows]).to(target),
-                                    torch.from_numpy(m[rows].astype(np.float32)).to(target),
-                                    config)) if len(rows) else float("nan")
+            loss = float(losses.batch_loss(
+                net, outputs[rows].to(target), torch.from_numpy(y[rows]).to(target),
+                torch.from_numpy(m[rows].astype(np.float32)).to(target),
+                train_config)) if len(rows) else float("nan")
         return {**metrics.summary(y[rows], probs[rows], m[rows], cut), "loss": loss,
                 "n_images": int(len(rows))}
 
@@ -70,7 +73,7 @@ def evaluate(net: AttributeNet, data: Splits, names: list[str], config: TrainCon
         "f1_micro": test["f1_micro"],
         "f1_macro": test["f1_macro"],
         "f1_micro_fixed": metrics.micro_f1(y[data.test_rows],
-                                           probs[data.test_rows] >= config.threshold,
+                                           probs[data.test_rows] >= threshold,
                                            m[data.test_rows]),
         "f1_train_test": metrics.micro_f1(y[both], probs[both] >= cut, m[both]),
         "accuracy_labelwise": test["accuracy_labelwise"],
@@ -93,3 +96,37 @@ def evaluate(net: AttributeNet, data: Splits, names: list[str], config: TrainCon
     per_attribute = metrics.per_label(y[rows], probs[rows], m[rows], names, cut)
     curves = metrics.pr_curves(y[rows], probs[rows], m[rows], names)
     return Evaluation(headline, per_attribute, curves)
+
+
+def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
+                   features_dir: str | os.PathLike, model_path: str | os.PathLike,
+                   history_csv: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """The evaluate stage: write ``metrics.json``, ``per_attribute.csv``, ``pr_curves.csv`` and
+    ``plots/`` into ``out_dir``; return the headline (``metrics.json``'s content).
+
+    ``params`` is the validated `fashiondvc.params.Params` (``evaluate.threshold`` and
+    ``evaluate.thresholds``); everything else comes with the saved model.
+    """
+    import json
+    from pathlib import Path
+
+    from fashiondvc import plots
+    from fashiondvc.io import write_csv, write_json
+    from fashiondvc.net import load_net
+    from fashiondvc.retrieval import retrieval_metrics
+    from fashiondvc.rows import load_splits
+
+    out = Path(out_dir)
+    net, config = load_net(model_path)
+    data = load_splits(labels_csv, split_csv, features_dir, config.labels, config.inputs)
+    result = evaluate(net, data, config, threshold=params.evaluate.threshold,
+                      thresholds=params.evaluate.thresholds)
+    manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())
+    headline = {**result.headline, **retrieval_metrics(net, data, split_csv),
+                "n_skipped": manifest["n_skipped"]}
+    write_json(out / "metrics.json", headline)
+    write_csv(out / "per_attribute.csv", result.per_attribute)
+    write_csv(out / "pr_curves.csv", result.pr_curves)
+    plots.draw_all(pd.read_csv(history_csv), result.per_attribute, result.pr_curves,
+                   out / "plots")
+    return headline

@@ -1,75 +1,131 @@
-"""The stored features: the frozen trunk run once over every image, written and read back.
+"""The feature extractor: photos in, named features out, at featurize and at query time alike.
 
-VGG-16 has no batch norm, so the frozen trunk is a pure function of the image: every experiment
-that shares ``model.weights`` and ``model.frozen_convs`` reuses the same stored features.
+`FeatureExtractor` is the one path from pixels to features. The featurize stage runs it over
+every stored image and writes its outputs (`featurize`); the query path (the index of a photo
+folder, ``fashiondvc search``, ``fashiondvc serve``, the logged MLflow model) calls the same
+object on new photos (`FeatureExtractor.photos`), so training and serving see the same features
+by construction. Its outputs, by name (`FEATURE_KINDS`):
 
-A features folder holds
+``trunk``
+    The frozen part's output (`fashiondvc.backbones`), shape ``(n, C, H, W)``, float16
+    (float32 for ``fp32``), the dtype it is stored in.
+``side``
+    Global average and max of every tap inside the frozen part (VGG-16: pool1..pool4 for
+    ``frozen_convs`` 10..13, 1920 values), float32: colour and texture at finer scales.
+``colour``
+    Spatial colour histograms of the photo (`colour_histograms`), float32.
 
-``features.npy``
-    The trunk's output, shape ``(n_images, C, H, W)``, float16 (float32 for ``fp32`` runs).
-``side.npy``
-    Global average and global max of every max-pool output *inside* the trunk (pool1..pool4
-    for ``frozen_convs`` 10..13), shape ``(n_images, 2 * sum(channels))``, float32: colour and
-    texture at finer scales for heads that want them (``model.head: multiscale``). 1920 values
-    (7.5 KB) per image.
-``meta.json``
-    Shapes and the settings that produced them.
-
-This module owns the format: `featurize` writes it, `read_rows` and `load_features` read it.
+A features folder holds one ``<name>.npy`` per kind (memory-mappable, rows in the store's order)
+and ``meta.json``: the extractor's config, each array's shape and dtype, and the torch version.
+`StoredFeatures` reads it back; train and evaluate take the shapes from it.
 """
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from fashiondvc import backbones
+from fashiondvc.config import ExtractorConfig
 from fashiondvc.errors import FashionError
-from fashiondvc.preprocess import normalize
+from fashiondvc.preprocess import model_input, normalize
 from fashiondvc.progress import progress
 from fashiondvc.runtime import compute_dtype, prepare_trunk, release_free_memory, resolve_device
 
-
-def storage_dtype(precision: str) -> np.dtype:
-    """On-disk dtype for features: float16 halves the size; fp32 runs keep float32."""
-    return np.dtype(np.float32 if precision == "fp32" else np.float16)
-
-
-def side_width(frozen: nn.Module) -> int:
-    """Width of a ``side.npy`` row for this trunk: 2 x the channels of each inner max-pool."""
-    return 2 * sum(_pool_channels(frozen))
+#: Spatial colour histograms: hue x saturation x value bins, in a rows x columns grid of cells
+#: (the colour probe's, reports/real-weights/colour_probe.md: colors11 linear-probe test mAP
+#: 0.361 -> 0.444 beside the pooled trunk features).
+COLOUR_BINS, COLOUR_GRID = (16, 4, 4), (4, 3)
+META_FILE = "meta.json"
 
 
-def _pool_channels(frozen: nn.Module) -> list[int]:
-    channels, out = 3, []
-    layers = list(frozen)
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.Conv2d):
-            channels = layer.out_channels
-        elif isinstance(layer, nn.MaxPool2d) and i < len(layers) - 1:
-            out.append(channels)
+def colour_histograms(images: np.ndarray) -> np.ndarray:
+    """Square-rooted HSV histograms per grid cell of uint8 RGB images.
+
+    Each pixel's HSV (Pillow's conversion, 0..255 each) is quantised to `COLOUR_BINS`; every
+    cell of a `COLOUR_GRID` grid gets the share of its pixels in each bin; the square root
+    (the Hellinger map) makes dot products compare distributions.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, H, W, 3)
+
+    Returns
+    -------
+    ndarray of float32, shape (n, rows * cols * 256)
+    """
+    hue, sat, val = COLOUR_BINS
+    rows, cols = COLOUR_GRID
+    out = np.empty((len(images), rows * cols * hue * sat * val), dtype=np.float32)
+    for n, array in enumerate(images):
+        hsv = np.asarray(Image.fromarray(array).convert("HSV")).astype(np.int64)
+        code = ((hsv[..., 0] * hue // 256) * sat + hsv[..., 1] * sat // 256) * val \
+            + hsv[..., 2] * val // 256
+        height, width = code.shape
+        cells = [code[i * height // rows:(i + 1) * height // rows,
+                      j * width // cols:(j + 1) * width // cols].ravel()
+                 for i in range(rows) for j in range(cols)]
+        out[n] = np.sqrt(np.concatenate([np.bincount(c, minlength=hue * sat * val) / c.size
+                                         for c in cells]))
     return out
 
 
-def run_trunk(frozen: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(trunk output, side features)`` of a normalised batch.
+#: Every feature the extractor returns, in storage order (`fashiondvc.choices.FEATURE_KINDS`).
+FEATURE_KINDS = ("trunk", "side", "colour")
 
-    Side features: per inner max-pool, the global average then the global max over H, W, in
-    layer order; shape ``(n, side_width(frozen))``, float32.
+
+class FeatureExtractor:
+    """The frozen part of a backbone plus the other feature kinds, for batches of images.
+
+    Parameters
+    ----------
+    config : ExtractorConfig
+    part : FrozenPart, optional
+        The frozen layers (default: built from ``config``'s weights, `backbones.frozen_part`).
+    device : str
+        ``featurize.device``: ``auto``, ``cpu``, ``cuda``, ...
     """
-    layers = list(frozen)
-    side = []
-    for i, layer in enumerate(layers):
-        x = layer(x)
-        if isinstance(layer, nn.MaxPool2d) and i < len(layers) - 1:
-            side += [x.float().mean(dim=(2, 3)), x.float().amax(dim=(2, 3))]
-    empty = torch.zeros(len(x), 0)
-    return x, (torch.cat(side, dim=1) if side else empty)
+
+    def __init__(self, config: ExtractorConfig, part: backbones.FrozenPart | None = None,
+                 device: str = "cpu"):
+        self.config = config
+        self.device = resolve_device(device, "featurize.device")
+        self.dtype = compute_dtype(self.device, config.precision)
+        if part is None:
+            part = backbones.frozen_part(backbones.get(config.backbone), config.weights,
+                                         config.frozen)
+        self.part = prepare_trunk(part, self.device, self.dtype)
+        self.stored = (torch.float32 if config.storage_dtype == np.float32 else torch.float16)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named features of uint8 images of shape (n, size, size, 3) (see `FEATURE_KINDS`)."""
+        x = normalize(images.to(self.device, non_blocking=True))
+        x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
+        trunk, side = self.part.forward_with_side(x)
+        return {"trunk": trunk.to(self.stored).contiguous().cpu(), "side": side.cpu(),
+                "colour": torch.from_numpy(colour_histograms(images.cpu().numpy()))}
+
+    def photos(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """Named features of upright RGB photos, through the training path: resized and
+        JPEG-stored as the augment stage stores copy 0 (`preprocess.model_input`)."""
+        size = self.config.image_size
+        return self(torch.from_numpy(np.stack([model_input(im, size) for im in images])))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each feature's shape for one image (from one black image run through)."""
+        size = self.config.image_size
+        out = self(torch.zeros(1, size, size, 3, dtype=torch.uint8))
+        return {name: tuple(value.shape[1:]) for name, value in out.items()}
 
 
 class ImageTensors(Dataset):
@@ -94,7 +150,7 @@ class NpyWriter:
     """
 
     def __init__(self, path: str | os.PathLike, dtype: np.dtype, shape: tuple[int, ...]):
-        self.dtype, self.shape, self.rows = np.dtype(dtype), shape, 0
+        self.path, self.dtype, self.shape, self.rows = Path(path), np.dtype(dtype), shape, 0
         self.handle = open(path, "wb")  # noqa: SIM115 -- closed by close()
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": shape}
@@ -103,7 +159,7 @@ class NpyWriter:
     def append(self, rows: np.ndarray) -> None:
         """Write ``rows`` (shape ``(n, *shape[1:])``) after the rows already written."""
         if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
-            raise FashionError(f"features: got rows of {rows.shape} after {self.rows} rows, "
+            raise FashionError(f"{self.path}: got rows of {rows.shape} after {self.rows} rows, "
                                f"expected {self.shape}")
         self.handle.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
         self.rows += len(rows)
@@ -112,50 +168,99 @@ class NpyWriter:
         """Flush and close (again is fine); raise if fewer rows than the header promises."""
         self.handle.close()
         if self.rows != self.shape[0]:
-            raise FashionError(f"features: wrote {self.rows} of {self.shape[0]} rows")
+            raise FashionError(f"{self.path}: wrote {self.rows} of {self.shape[0]} rows")
 
 
-@torch.inference_mode()
-def featurize(store, frozen: nn.Module, out_dir: str | os.PathLike, *,
-              feature_shape: tuple[int, int, int], batch_size: int = 32, workers: int = 2,
-              precision: str = "bf16", device: str = "auto") -> Path:
-    """Write ``features.npy`` and ``side.npy`` for every image of ``store`` into ``out_dir``.
+def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
+              batch_size: int = 32, workers: int = 2) -> dict:
+    """The featurize stage: one ``<name>.npy`` per feature kind and ``meta.json`` for every
+    image of ``store`` (any ``store[i] -> uint8 (H, W, 3)``, `fashiondvc.store.ImageStore`).
 
-    Rows follow the store's order. ``features.npy`` has shape ``(len(store), *feature_shape)``
-    (float16, or float32 for fp32); both files are streamed, so peak memory is a few batches
-    whatever the dataset. ``frozen`` is moved and cast in place (see `prepare_trunk`). The
-    caller makes ``out_dir`` atomic.
+    Rows follow the store's order; the files are streamed, so peak memory is a few batches
+    whatever the dataset. ``out_dir`` gets all files, or none. Returns the metadata written.
     """
-    target = resolve_device(device, "featurize.device")
-    dtype = compute_dtype(target, precision)
-    frozen = prepare_trunk(frozen, target, dtype)
+    from fashiondvc.io import atomic_path
+
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        return _featurize(store, extractor, tmp, batch_size, workers)
+
+
+def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
+               workers: int) -> dict:
+    shapes = extractor.shapes()
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, pin_memory=target.type == "cuda",
+                        num_workers=workers, pin_memory=extractor.device.type == "cuda",
                         persistent_workers=False)
-    out_dir = Path(out_dir)
-    writer = NpyWriter(out_dir / "features.npy", storage_dtype(precision),
-                       (len(store), *feature_shape))
-    side = NpyWriter(out_dir / "side.npy", np.float32, (len(store), side_width(frozen)))
-    out_dtype = torch.float32 if writer.dtype == np.float32 else torch.float16
+    dtypes = {name: (extractor.config.storage_dtype if name == "trunk" else np.dtype(np.float32))
+              for name in FEATURE_KINDS}
+    writers = {name: NpyWriter(out_dir / f"{name}.npy", dtypes[name], (len(store), *shapes[name]))
+               for name in FEATURE_KINDS}
     try:
         for batch in progress(loader, desc="featurize", unit="batch"):
-            x = normalize(batch.to(target, non_blocking=True))
-            x = x.to(dtype=dtype, memory_format=torch.channels_last)
-            y, pooled = run_trunk(frozen, x)
-            writer.append(y.to(out_dtype).contiguous().cpu().numpy())
-            side.append(pooled.cpu().numpy())
-            del x, y, pooled
+            for name, value in extractor(batch).items():
+                writers[name].append(value.numpy())
             release_free_memory()
     finally:
-        writer.handle.close()
-        side.handle.close()
-    writer.close()
-    side.close()
-    return out_dir
+        for writer in writers.values():
+            writer.handle.close()
+    for writer in writers.values():
+        writer.close()
+    meta = {"n_images": len(store), "extractor": asdict(extractor.config),
+            "features": {name: {"shape": list(shapes[name]), "dtype": dtypes[name].name}
+                         for name in FEATURE_KINDS},
+            "torch": torch.__version__}
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+class StoredFeatures:
+    """A features folder written by `featurize`: its metadata and memory-mapped arrays.
+
+    Raises
+    ------
+    FashionError
+        If the folder or its ``meta.json`` is missing or unreadable, or an array file is
+        missing, of another shape than ``meta.json`` says, or shorter than its header promises
+        (a partial ``dvc pull``, a full disk): rerun the featurize stage.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        meta_path = self.folder / META_FILE
+        if not meta_path.is_file():
+            raise FashionError(f"{meta_path} does not exist: run the featurize stage first")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            self.config = ExtractorConfig(**self.meta["extractor"])
+            self.shapes = {name: tuple(spec["shape"])
+                           for name, spec in self.meta["features"].items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FashionError(f"{meta_path}: unreadable features metadata ({exc}); rerun "
+                               "the featurize stage") from None
+        self.n_images = int(self.meta["n_images"])
+
+    def array(self, name: str) -> np.ndarray:
+        """The ``name`` array, memory-mapped read-only; read rows with `read_rows`."""
+        path = self.folder / f"{name}.npy"
+        if name not in self.shapes or not path.is_file():
+            raise FashionError(f"{path} does not exist: rerun the featurize stage")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except ValueError as exc:  # numpy: "mmap length is greater than file size"
+            raise FashionError(f"{path}: truncated or corrupt ({exc}); rerun the featurize "
+                               "stage (or dvc pull it again)") from None
+        if array.shape != (self.n_images, *self.shapes[name]):
+            raise FashionError(f"{path}: shape {array.shape}, {META_FILE} says "
+                               f"{(self.n_images, *self.shapes[name])}; rerun featurize")
+        return array
+
+    def arrays(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        return {name: self.array(name) for name in names}
 
 
 RAM_BUDGET_BYTES = 3 * 2**29
-"""A `FeatureSet` whose rows take at most this much (1.5 GiB) holds them in memory."""
+"""A `fashiondvc.rows.FeatureSet` whose trunk rows take at most this much (1.5 GiB) holds them
+in memory."""
 
 
 def _whole_file_map(features: np.ndarray) -> bool:
@@ -189,10 +294,3 @@ def read_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
                                    "rerun the featurize stage")
     return out
 
-
-def load_features(path: str | os.PathLike) -> np.ndarray:
-    """A stored ``.npy`` (features or side), memory-mapped read-only; read rows with `read_rows`."""
-    path = Path(path)
-    if not path.exists():
-        raise FashionError(f"{path} does not exist: run the featurize stage first")
-    return np.load(path, mmap_mode="r")

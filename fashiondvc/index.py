@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +34,11 @@ from PIL import Image
 
 from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file
+from fashiondvc.predictor import Predictor
 from fashiondvc.preprocess import IMAGE_SUFFIXES, load_rgb
 from fashiondvc.retrieval import l2_normalize
 
 INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
-#: Largest query photo accepted, in pixels.
-MAX_PIXELS = 40_000_000
 
 
 # --------------------------------------------------------------------------- the index
@@ -137,128 +135,14 @@ def collection_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-# --------------------------------------------------------------------------- featurizing
-
-
-class Featurizer:
-    """The training preprocessing and network, for new photos.
-
-    ``load_rgb`` -> ``model_input(image, image_size)`` -> ``normalize`` -> trunk -> network:
-    returns attribute probabilities and L2-normalised embeddings. The trunk runs channels-last
-    under ``precision`` (as the featurize stage runs it: ``featurize.precision``), the rest of the
-    network in fp32 (as in training).
-    """
-
-    def __init__(self, net, config: dict, frozen=None, precision: str = "fp32"):
-        import torch
-
-        from fashiondvc.runtime import compute_dtype, prepare_trunk
-
-        cpu = torch.device("cpu")
-        self.dtype = compute_dtype(cpu, precision)  # validates precision too
-        self.net, self.config, self.precision = net.eval(), config, precision
-        self.labels = list(config["labels"])
-        self.image_size = int(config["image_size"])
-        if frozen is None:
-            frozen = frozen_trunk(config["weights"], config["frozen_convs"])
-        self.frozen = prepare_trunk(frozen, cpu, self.dtype)  # exactly as featurize runs it
-
-    @classmethod
-    def from_file(cls, model_path: str | os.PathLike, precision: str = "fp32") -> Featurizer:
-        """Load a network saved by the train stage (``models/net.pt``)."""
-        from fashiondvc.net import load_net
-
-        net, config = load_net(model_path)
-        config = {**config, "weights": weights_for_model(config["weights"], model_path)}
-        return cls(net, config, precision=precision)
-
-    def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs, embeddings)`` of RGB images, shapes (n, n_labels) and (n, hidden).
-
-        Each image takes the training path: `preprocess.model_input` (resize, JPEG round trip),
-        normalise, the trunk in its precision, its output rounded to the stored dtype.
-        """
-        import torch
-
-        from fashiondvc.features import run_trunk, storage_dtype
-        from fashiondvc.preprocess import model_input, normalize
-
-        stored = torch.float32 if storage_dtype(self.precision) == np.float32 else torch.float16
-        arrays = [model_input(image, self.image_size) for image in images]
-        with torch.inference_mode():
-            x = normalize(torch.from_numpy(np.stack(arrays)))
-            trunk, side = run_trunk(self.frozen, x.to(dtype=self.dtype,
-                                                      memory_format=torch.channels_last))
-            trunk = trunk.to(stored).float().contiguous()
-            embedded = self.net.embed(trunk, side if self.net.side_width else None)
-            probs = self.net.probabilities(self.net.out(embedded))
-        return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
-
-    def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs, embedding)`` of one encoded photo.
-
-        Raises `FashionError` if it is not an image or has more than `MAX_PIXELS` pixels (a
-        small file can hold a huge, memory-filling image).
-        """
-        try:
-            with Image.open(io.BytesIO(data)) as header:
-                width, height = header.size
-        except Image.DecompressionBombError:
-            width = height = None
-        except (OSError, ValueError):
-            width = height = 0  # load_rgb below gives the clear message
-        if width is None or width * height > MAX_PIXELS:
-            size = "" if width is None else f" ({width}x{height})"
-            raise FashionError(f"{name}: too many pixels{size}; at most "
-                               f"{MAX_PIXELS // 1_000_000} megapixels")
-        probs, embeddings = self.images([load_rgb(data, name)])
-        return probs[0], embeddings[0]
-
-
-def weights_for_model(weights: str, model_path: str | os.PathLike) -> str:
-    """``model.weights`` as saved in a model, found from wherever the model is used.
-
-    A relative weights path was relative to the repository that trained the model; from
-    another working directory (``fashiondvc search --model /repo/models/net.pt``) it is
-    looked up from the nearest folder above the model file that holds a ``dvc.yaml``.
-    ``imagenet``, ``random``, absolute paths and paths found from here are returned as given.
-    """
-    from fashiondvc.io import repo_path
-
-    if weights in ("imagenet", "random") or Path(weights).is_absolute() or repo_path(
-            weights).exists():
-        return weights
-    for folder in Path(model_path).resolve().parents:
-        if (folder / "dvc.yaml").is_file():
-            return str(folder / weights) if (folder / weights).exists() else weights
-    return weights
-
-
-def frozen_trunk(weights: str, frozen_convs: int):
-    """The frozen part of VGG-16 for ``model.weights``, as `trunk.split_vgg` returns it.
-
-    A weights file (or torchvision's cached ImageNet download) gives only the frozen layers,
-    built without torchvision and memory-mapped (`fashiondvc.vgg`): a one-off query starts in
-    a third of the time. ``random`` and a missing ImageNet download take `fashiondvc.trunk`.
-    """
-    from fashiondvc.vgg import frozen_part, weights_file
-
-    path = weights_file(weights)
-    if path is not None:
-        return frozen_part(path, frozen_convs)
-    from fashiondvc.trunk import load_vgg16, split_vgg
-
-    return split_vgg(load_vgg16(weights), frozen_convs)[0]
-
-
 def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, *, threshold: float = 0.5, batch_size: int = 16,
-                precision: str = "fp32", featurizer: Featurizer | None = None
-                ) -> tuple[SearchIndex, dict[str, int]]:
+                predictor: Predictor | None = None) -> tuple[SearchIndex, dict[str, int]]:
     """Index every photo under ``images_dir`` into ``out_dir``.
 
-    Rows of an existing index at ``out_dir`` built with the same model are reused for photos
-    whose bytes did not change. Unreadable images are skipped and listed in ``meta.json``.
+    Each photo goes through ``predictor`` (default: the model's, `Predictor.from_file`). Rows
+    of an existing index at ``out_dir`` built with the same model are reused for photos whose
+    bytes did not change. Unreadable images are skipped and listed in ``meta.json``.
 
     Returns
     -------
@@ -271,14 +155,14 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     images_dir = Path(images_dir)
     files = collection_files(images_dir)
     model_sha = sha256_file(model_path)
-    featurizer = featurizer or Featurizer.from_file(model_path, precision)
-    cache = _previous_rows(out_dir, model_sha, featurizer)
+    predictor = predictor or Predictor.from_file(model_path)
+    cache = _previous_rows(out_dir, model_sha, predictor)
     paths, hashes, probs, embeddings, skipped = [], [], [], [], []
     pending: list[tuple[int, Image.Image]] = []
     counts = {"computed": 0, "reused": 0, "skipped": 0}
 
     def flush() -> None:
-        p, e = featurizer.images([image for _, image in pending])
+        p, e = predictor.images([image for _, image in pending])
         for (slot, _), row_p, row_e in zip(pending, p, e, strict=True):
             probs[slot], embeddings[slot] = row_p, row_e
         counts["computed"] += len(pending)
@@ -311,62 +195,60 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     counts["skipped"] = len(skipped)
     if not paths:
         raise FashionError(f"search.images: no readable photos in {images_dir}")
-    hidden = featurizer.net.out.in_features
+    hidden = predictor.net.out.in_features
     index = SearchIndex(
-        root=images_dir, paths=paths, hashes=hashes, labels=featurizer.labels,
-        probs=np.stack(probs).reshape(len(paths), len(featurizer.labels)),
+        root=images_dir, paths=paths, hashes=hashes, labels=predictor.labels,
+        probs=np.stack(probs).reshape(len(paths), len(predictor.labels)),
         embeddings=np.stack(embeddings).reshape(len(paths), hidden), threshold=threshold,
-        model_sha256=model_sha, image_size=featurizer.image_size,
-        precision=featurizer.precision, skipped=skipped)
+        model_sha256=model_sha, image_size=predictor.image_size,
+        precision=predictor.precision, skipped=skipped)
     index.save(out_dir)
     return index, counts
 
 
 def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str | os.PathLike,
                               split_csv: str | os.PathLike, features_dir: str | os.PathLike,
-                              out_dir: str | os.PathLike, *, threshold: float = 0.5,
-                              precision: str = "fp32") -> SearchIndex:
+                              out_dir: str | os.PathLike, *, threshold: float = 0.5
+                              ) -> SearchIndex:
     """Index the ingested photos from the stored features of their copy 0: no trunk pass.
 
-    Copy 0 of a photo is the photo resized, JPEG-stored and run through the trunk exactly as
-    `Featurizer` runs a query (`preprocess.model_input`), so the rows equal what `build_index`
-    would compute, in seconds instead of minutes. ``precision`` is ``featurize.precision``.
+    Copy 0 of a photo is the photo resized, JPEG-stored and run through the feature extractor
+    exactly as `Predictor` runs a query, so the rows equal what `build_index` would compute,
+    in seconds instead of minutes.
     """
     import pandas as pd
     import torch
 
     from fashiondvc.net import load_net
-    from fashiondvc.retrieval import embed_rows
-    from fashiondvc.train import load_splits, loader, predict
+    from fashiondvc.rows import load_splits, predict
 
     net, config = load_net(model_path)
     images = Path(ingested_dir) / "images"
     data = load_splits(Path(ingested_dir) / "labels.csv", split_csv, features_dir,
-                       config["labels"], side=config.get("head") == "multiscale")
+                       config.labels, config.inputs)
     split = pd.read_csv(split_csv).sort_values("index")
     rows = np.flatnonzero(split["copy"].to_numpy() == 0)
     paths = [f"{int(i):06d}.jpg" for i in split["image_id"].to_numpy()[rows]]
-    outputs = predict(net, loader(data.subset(rows), 256, shuffle=False, seed=0),
-                      torch.device("cpu"))
+    outputs, embedded = predict(net, data.subset(rows), torch.device("cpu"), embeddings=True)
     index = SearchIndex(
         root=images, paths=paths, hashes=[sha256_file(images / p) for p in paths],
-        labels=list(config["labels"]), probs=net.probabilities(outputs).numpy(),
-        embeddings=embed_rows(net, data, rows), threshold=threshold,
-        model_sha256=sha256_file(model_path), image_size=int(config["image_size"]),
-        precision=precision)
+        labels=list(config.labels), probs=net.probabilities(outputs).numpy(),
+        embeddings=l2_normalize(embedded.numpy()), threshold=threshold,
+        model_sha256=sha256_file(model_path), image_size=config.extractor.image_size,
+        precision=config.extractor.precision)
     index.save(out_dir)
     return index
 
 
 def _previous_rows(folder: str | os.PathLike, model_sha: str,
-                   featurizer: Featurizer) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                   predictor: Predictor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``sha256 -> (probs, embedding)`` from an index of the same model and precision, else {}."""
     try:
         old = SearchIndex.load(folder)
     except (FashionError, OSError, ValueError, KeyError, TypeError):
         return {}
-    if (old.model_sha256, old.labels, old.precision) != (model_sha, featurizer.labels,
-                                                         featurizer.precision):
+    if (old.model_sha256, old.labels, old.precision) != (model_sha, predictor.labels,
+                                                         predictor.precision):
         return {}
     return {h: (old.probs[i], old.embeddings[i]) for i, h in enumerate(old.hashes)}
 
@@ -380,3 +262,19 @@ def _progress(items: list) -> Iterable:
     from fashiondvc.progress import progress
 
     return progress(items, desc="index", unit="photo")
+
+
+def index_collection(params, model_path: str | os.PathLike, ingested: str | os.PathLike,
+                     split_csv: str | os.PathLike, features_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike) -> tuple[SearchIndex, dict[str, int]]:
+    """The index stage: ``search.images`` (null: the ingested photos, from their stored
+    features) into ``out_dir``; returns the index and its ``computed``, ``reused`` and
+    ``skipped`` photo counts."""
+    from fashiondvc.io import repo_path
+
+    threshold, images = params.evaluate.threshold, params.search.images
+    if images is None:
+        index = build_index_from_features(model_path, ingested, split_csv, features_dir,
+                                          out_dir, threshold=threshold)
+        return index, {"computed": 0, "reused": len(index), "skipped": 0}
+    return build_index(model_path, repo_path(images), out_dir, threshold=threshold)

@@ -37,7 +37,10 @@ def fingerprint_folder(folder: str | os.PathLike, suffixes: tuple[str, ...] | No
             continue
         if suffixes and path.suffix.lower() not in suffixes:
             continue
-        digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode())
+        # surrogateescape: a file name that is not valid UTF-8 (an old archive's Latin-1)
+        # hashes as its bytes on disk
+        digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode(
+            "utf-8", "surrogateescape"))
         count += 1
     return {"files": count, "sha256": digest.hexdigest()}
 
@@ -66,15 +69,11 @@ def archive_fingerprint(archive: str, url: str | None, sha256: str | None) -> di
 
 
 def weights_fingerprint(weights: str) -> dict:
-    """``model.weights``: a file's content hash; ``imagenet``: torchvision's (hash-named) URL."""
-    if weights == "imagenet":
-        from torchvision.models import VGG16_Weights
-
-        return {"weights": weights, "url": VGG16_Weights.IMAGENET1K_V1.url}
-    if weights == "random":
-        from fashiondvc.trunk import RANDOM_INIT_SEED
-
-        return {"weights": weights, "seed": RANDOM_INIT_SEED}
+    """``model.weights``: a file's content hash. ``imagenet`` and ``random`` stand for
+    themselves: the backbone (a parameter of featurize) and its code (a dependency) say which
+    weights they are."""
+    if weights in ("imagenet", "random"):
+        return {"weights": weights}
     return {"weights": weights, **fingerprint_path(repo_path(weights))}
 
 
@@ -88,13 +87,16 @@ def photos_fingerprint(images: str | None) -> dict:
     return {"images": images, **fingerprint_folder(folder, IMAGE_SUFFIXES)}
 
 
-def write_fingerprints(params: dict, out_dir: str | os.PathLike) -> dict[str, dict]:
-    """Write ``archive.json``, ``weights.json`` and ``photos.json`` to ``out_dir``; return them."""
-    data = params["data"]
+def write_fingerprints(params, out_dir: str | os.PathLike) -> dict[str, dict]:
+    """Write ``archive.json``, ``weights.json`` and ``photos.json`` to ``out_dir``; return them.
+
+    ``params`` is the validated `fashiondvc.params.Params`.
+    """
+    data = params.data
     prints = {
-        "archive": archive_fingerprint(data["archive"], data["url"], data["sha256"]),
-        "weights": weights_fingerprint(params["model"]["weights"]),
-        "photos": photos_fingerprint(params["search"]["images"]),
+        "archive": archive_fingerprint(data.archive, data.url, data.sha256),
+        "weights": weights_fingerprint(params.model.weights),
+        "photos": photos_fingerprint(params.search.images),
     }
     with atomic_path(out_dir, is_dir=True) as tmp:  # all three files, or none
         for name, value in prints.items():

@@ -67,3 +67,11 @@ def loss(kind: str, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Te
             raise ValueError(f"unknown loss {kind!r}")
         losses = -(pos_weight * targets * positive + (1 - targets) * negative)
     return (losses * mask).sum() / n
+
+
+def batch_loss(net: torch.nn.Module, outputs: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+               config) -> torch.Tensor:
+    """`loss` of a batch with a `fashiondvc.config.TrainConfig`'s loss, positive weights and
+    gamma, and ``net``'s label coding (label-space PCA or not)."""
+    return loss(config.loss, outputs, y, m, config.weights_for(y.shape[1]), config.gamma,
+                getattr(net, "label_pca", None))

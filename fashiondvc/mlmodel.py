@@ -5,11 +5,11 @@
 the DVC experiment and the dataset hash. ``predict`` takes a DataFrame with a ``photo`` column
 (each a path or encoded JPEG/PNG bytes; the signature enforces the column) and returns one
 row per photo with one probability column per attribute, computed exactly as ``fashiondvc
-search`` computes them (`fashiondvc.index.Featurizer`: the training preprocessing, the trunk
-in ``featurize.precision``).
+search`` computes them (`fashiondvc.predictor.Predictor`: the feature extractor the featurize
+stage ran, in its precision, then the network).
 
-Disk: the model folder holds the trained part only (``net.pt``: the unfrozen convs and the
-head) plus the code. The frozen VGG-16 trunk (about 59 MB for 13 convs in fp32) is stored
+Disk: the model folder holds the trained part only (``net.pt``: the unfrozen layers and the
+head) plus the code. The frozen part (about 59 MB for VGG-16's 13 convs in fp32) is stored
 once per distinct trunk, as an artifact of a run in experiment `TRUNK_EXPERIMENT`, and the
 model refers to it by URI and content sha256 (checked when the model loads); 14 experiments on
 one trunk store it once.
@@ -44,22 +44,17 @@ def state_sha256(state: dict) -> str:
     return digest.hexdigest()
 
 
-def trunk_key(config: dict) -> str:
-    """What identifies the frozen trunk without building it: weights source and cut."""
-    from fashiondvc.io import repo_path, sha256_file
-    from fashiondvc.trunk import RANDOM_INIT_SEED
+def trunk_key(config) -> str:
+    """What identifies the frozen part of a `ModelConfig` without building it: backbone,
+    weights source and cut."""
+    from fashiondvc import backbones
 
-    weights = config["weights"]
-    if weights == "imagenet":
-        source = "imagenet:IMAGENET1K_V1"
-    elif weights == "random":
-        source = f"random:{RANDOM_INIT_SEED}"
-    else:
-        source = f"file:{sha256_file(repo_path(weights))}"
-    return f"{source}:frozen_convs={config['frozen_convs']}"
+    ex = config.extractor
+    identity = backbones.weights_identity(backbones.get(ex.backbone), ex.weights)
+    return f"{ex.backbone}:{','.join(f'{k}={v}' for k, v in identity.items())}:frozen={ex.frozen}"
 
 
-def store_trunk(run, config: dict) -> tuple[str, str]:
+def store_trunk(run, config) -> tuple[str, str]:
     """``(uri, sha256)`` of the trunk's weights in the store, logging them on first use."""
     from fashiondvc.tracking import artifact_location, store_lock, with_retries
 
@@ -77,7 +72,7 @@ def store_trunk(run, config: dict) -> tuple[str, str]:
         return _find_or_log_trunk(client, exp_id, key, config)
 
 
-def _find_or_log_trunk(client, exp_id: str, key: str, config: dict) -> tuple[str, str]:
+def _find_or_log_trunk(client, exp_id: str, key: str, config) -> tuple[str, str]:
     import torch
 
     from fashiondvc.tracking import with_retries
@@ -87,9 +82,10 @@ def _find_or_log_trunk(client, exp_id: str, key: str, config: dict) -> tuple[str
                          "search trunks")
     if found:
         return f"runs:/{found[0].info.run_id}/frozen.pt", found[0].data.tags["sha256"]
-    from fashiondvc.index import frozen_trunk
+    from fashiondvc import backbones
 
-    state = frozen_trunk(config["weights"], config["frozen_convs"]).state_dict()
+    ex = config.extractor
+    state = backbones.frozen_part(backbones.get(ex.backbone), ex.weights, ex.frozen).state_dict()
     digest = state_sha256(state)
     trunk_run = with_retries(lambda: client.create_run(
         exp_id, run_name=key, tags={TRUNK_TAG: key, "sha256": digest}), "create trunk run")
@@ -110,12 +106,12 @@ def _python_model():
         def load_context(self, context) -> None:
             import mlflow
             import torch
-            from torch import nn
 
+            from fashiondvc import backbones
             from fashiondvc.errors import FashionError
-            from fashiondvc.index import Featurizer
+            from fashiondvc.features import FeatureExtractor
             from fashiondvc.net import load_net
-            from fashiondvc.vgg import cut_index, features
+            from fashiondvc.predictor import Predictor
 
             settings = context.model_config
             net, config = load_net(context.artifacts["net"])
@@ -124,14 +120,11 @@ def _python_model():
             if state_sha256(state) != settings["trunk_sha256"]:
                 raise FashionError(f"{settings['trunk_uri']}: trunk weights changed "
                                    "(sha256 mismatch)")
-            # only the frozen layers, allocated empty and filled (cast to float32) from the
-            # store: no whole VGG-16 with its 124M classifier weights initialised for nothing
-            frozen = nn.Sequential(*features()[:cut_index(config["frozen_convs"])])
-            frozen = frozen.to_empty(device="cpu")
-            frozen.load_state_dict(state)
-            frozen.requires_grad_(False).eval()
-            self.featurizer = Featurizer(net, config, frozen=frozen,
-                                         precision=settings["precision"])
+            # only the frozen layers, allocated empty and filled from the store
+            ex = config.extractor
+            part = backbones.empty_part(backbones.get(ex.backbone), ex.frozen, trainable=False)
+            part.load_state_dict(state)
+            self.predictor = Predictor(net, config, FeatureExtractor(ex, part=part))
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
@@ -144,9 +137,9 @@ def _python_model():
                     data, name = bytes(photo), f"photo {i}"
                 else:
                     data, name = Path(photo).read_bytes(), str(photo)
-                probs, _ = self.featurizer.photo(data, name)
+                probs, _ = self.predictor.photo(data, name)
                 rows.append(probs.astype(float))
-            return pd.DataFrame(rows, columns=self.featurizer.labels)
+            return pd.DataFrame(rows, columns=self.predictor.labels)
 
     return PhotoAttributes()
 
@@ -178,7 +171,7 @@ def signature(labels: list[str]):
                           outputs=Schema([ColSpec("double", name) for name in labels]))
 
 
-def log_model(run, model_path: str | os.PathLike, precision: str, dataset_sha256: str) -> str:
+def log_model(run, model_path: str | os.PathLike, dataset_sha256: str) -> str:
     """Save the pyfunc model into ``run`` (a `fashiondvc.tracking.TrackedRun`), register it;
     return ``models:/<name>/<version>``."""
     import mlflow.pyfunc
@@ -193,9 +186,8 @@ def log_model(run, model_path: str | os.PathLike, precision: str, dataset_sha256
         folder = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
             folder, python_model=_python_model(), artifacts={"net": str(model_path)},
-            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha,
-                          "precision": precision},
-            signature=signature(list(config["labels"])),
+            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha},
+            signature=signature(list(config.labels)),
             code_paths=[str(Path(fashiondvc.__file__).parent)],
             pip_requirements=["torch", "torchvision", "pillow", "numpy", "pandas", "mlflow"])
         with_retries(lambda: run.client.log_artifacts(run.run_id, str(folder), "model"),

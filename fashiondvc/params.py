@@ -11,13 +11,15 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
 from fashiondvc.choices import (
+    BACKBONES,
+    FEATURE_KINDS,
     HEADS,
     LOSSES,
     N_CONVS,
@@ -31,7 +33,7 @@ from fashiondvc.choices import (
 from fashiondvc.errors import FashionError
 from fashiondvc.labels import resolve_label_set
 
-__all__ = ["CONSTRAINTS", "flatten", "load_params", "validate"]
+__all__ = ["CONSTRAINTS", "Params", "flatten", "load_params", "validate"]
 
 
 @dataclass(frozen=True)
@@ -110,22 +112,38 @@ class Check:
         return None
 
 
+@dataclass(frozen=True)
+class Names:
+    """A non-empty list of distinct names from ``choices``; ``required`` must be among them."""
+
+    choices: tuple
+    required: tuple = ()
+
+    def check(self, value: Any) -> str | None:
+        if (not isinstance(value, (list, tuple)) or not value
+                or not all(isinstance(v, str) for v in value)):
+            return f"expected a list of names from {', '.join(self.choices)}, got {value!r}"
+        unknown = [v for v in value if v not in self.choices]
+        if unknown:
+            return f"unknown name {unknown[0]!r}; known: {', '.join(self.choices)}"
+        if len(set(value)) != len(value):
+            return f"names repeat in {list(value)}"
+        missing = [r for r in self.required if r not in value]
+        if missing:
+            return f"must include {missing[0]!r}, got {list(value)}"
+        return None
+
+
 def _weights(value: Any) -> None:
-    """``imagenet``, ``random`` or an existing VGG-16 state_dict file (checked key by key)."""
+    """``imagenet``, ``random`` or an existing file (whose tensors the backbone checks)."""
     from fashiondvc.io import repo_path
 
     if not isinstance(value, str) or not value:
         raise FashionError(f"model.weights: expected 'imagenet', 'random' or a path, "
                            f"got {value!r}")
-    if value in WEIGHT_CHOICES:
-        return
-    path = repo_path(value)
-    if not path.is_file():
+    if value not in WEIGHT_CHOICES and not repo_path(value).is_file():
         raise FashionError(f"model.weights: {value!r} is neither 'imagenet', 'random' nor an "
                            "existing state_dict file")
-    from fashiondvc.trunk import check_state_file  # torch: only for a weights file
-
-    check_state_file(path)
 
 
 #: Every parameter the pipeline reads, with what it accepts. Anything else is a typo to report.
@@ -145,9 +163,12 @@ CONSTRAINTS: dict[str, Any] = {
     "split.val_size": Number(0, 1, open_high=True),
     "split.group_by_source": Options((True, False)),
     "split.seed": Integer(0),
+    "model.backbone": Options(tuple(BACKBONES)),
     "model.weights": Check(_weights),
     "model.frozen_convs": Integer(0, N_CONVS),
+    "model.frozen_stages": Integer(0, max(units for _, units in BACKBONES.values())),
     "model.head": Options(HEADS),
+    "model.inputs": Names(FEATURE_KINDS, required=("trunk",)),
     "model.hidden": Integer(1),
     "model.dropout": Number(0, 1, open_high=True),
     "featurize.precision": Options(PRECISIONS),
@@ -174,8 +195,153 @@ CONSTRAINTS: dict[str, Any] = {
 }
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read and validate a params file; raise `FashionError` naming the first bad parameter."""
+def _cross_checks(raw: Mapping[str, Any]) -> None:
+    """The rules that join two parameters; raise `FashionError` naming the one to change."""
+    if raw["split.val_size"] == 0:
+        for key, value in (("train.select", "best"), ("evaluate.thresholds", "tuned")):
+            if raw[key] == value:
+                raise FashionError(f"{key}: {value!r} needs validation photos; set "
+                                   "split.val_size > 0")
+    if raw["split.test_size"] + raw["split.val_size"] >= 1:
+        raise FashionError("split.val_size: split.test_size + split.val_size must be < 1, got "
+                           f"{raw['split.test_size']} + {raw['split.val_size']}")
+    knob, units = BACKBONES[raw["model.backbone"]]
+    if raw[knob] > units:
+        raise FashionError(f"{knob}: {raw['model.backbone']} has {units} units to freeze, "
+                           f"got {raw[knob]}")
+    if raw["augment.image_size"] % 32 and raw["model.backbone"] != "vgg16":
+        raise FashionError(f"augment.image_size: {raw['model.backbone']} needs a multiple of "
+                           f"32, got {raw['augment.image_size']}")
+
+
+# --------------------------------------------------------------------------- typed parameters
+
+
+@dataclass(frozen=True)
+class DataParams:
+    archive: str
+    url: str | None
+    sha256: str | None
+    on_corrupt: str
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    copies: int
+    image_size: int
+    seed: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_size: float
+    val_size: float
+    group_by_source: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str
+    weights: str
+    frozen_convs: int
+    frozen_stages: int
+    head: str
+    inputs: tuple[str, ...]
+    hidden: int
+    dropout: float
+
+    @property
+    def frozen(self) -> int:
+        """Frozen units of the backbone: ``frozen_convs`` for VGG-16, else ``frozen_stages``."""
+        return self.frozen_convs if self.backbone == "vgg16" else self.frozen_stages
+
+
+@dataclass(frozen=True)
+class FeaturizeParams:
+    precision: str
+    batch_size: int
+    workers: int
+    device: str
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    optimizer: str
+    weight_decay: float
+    loss: str
+    gamma: float
+    pos_weight: str
+    label_pca: int
+    select: str
+    seed: int
+    device: str
+    devices: int
+    precision: str
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    threshold: float
+    thresholds: str
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    images: str | None
+    top: int
+
+
+_SECTIONS = {"data": DataParams, "augment": AugmentParams, "split": SplitParams,
+             "model": ModelParams, "featurize": FeaturizeParams, "train": TrainParams,
+             "evaluate": EvaluateParams, "search": SearchParams}
+
+
+@dataclass(frozen=True)
+class Params:
+    """``params.yaml`` validated: one frozen object per section, read by attribute.
+
+    ``labels`` holds the resolved attribute names; ``raw`` the mapping as written (MLflow).
+    """
+
+    labels: tuple[str, ...]
+    k: float
+    lr: float
+    data: DataParams
+    augment: AugmentParams
+    split: SplitParams
+    model: ModelParams
+    featurize: FeaturizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    search: SearchParams
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_mapping(cls, params: Mapping[str, Any]) -> Params:
+        """Validate ``params`` (`validate`) and build the typed object."""
+        validate(params)
+        raw = flatten(params, join_lists=False)
+        sections = {}
+        for name, section in _SECTIONS.items():
+            values = {f.name: raw[f"{name}.{f.name}"] for f in fields(section)}
+            if name == "model":
+                values["inputs"] = tuple(values["inputs"])
+            sections[name] = section(**values)
+        return cls(labels=tuple(resolve_label_set(params["labels"])), k=float(params["k"]),
+                   lr=float(params["lr"]), raw=params, **sections)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.head": ..., ...}``, lists comma-joined: the params MLflow logs."""
+        return flatten(self.raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file into `Params`; raise `FashionError` naming the first
+    bad parameter."""
     path = Path(path)
     try:
         # YAML 1.2, like DVC itself: `dvc exp run -S lr=1e-7` writes `lr: 1e-07`, which is a
@@ -187,16 +353,17 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise FashionError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(params, dict):
         raise FashionError(f"{path}: expected a mapping of parameters")
-    validate(params)
-    return params
+    return Params.from_mapping(params)
 
 
 def validate(params: Mapping[str, Any]) -> None:
     """Check every parameter against `CONSTRAINTS`; raise `FashionError` on the first bad one.
 
-    Also refuses unknown keys (with a did-you-mean hint) and the combinations that cannot run:
-    a validation-based choice (``train.select: best``, ``evaluate.thresholds: tuned``) without
-    validation photos (``split.val_size: 0``), and ``split.test_size + split.val_size >= 1``.
+    Also refuses unknown keys (with a did-you-mean hint) and the combinations that cannot run
+    (`_cross_checks`): a validation-based choice (``train.select: best``,
+    ``evaluate.thresholds: tuned``) without validation photos (``split.val_size: 0``),
+    ``split.test_size + split.val_size >= 1``, a frozen-part knob past its backbone's units,
+    and an image size a non-VGG backbone cannot take (not a multiple of 32).
     """
     flat = flatten(params)
     for key in flat:
@@ -211,14 +378,7 @@ def validate(params: Mapping[str, Any]) -> None:
         problem = constraint.check(raw[key])
         if problem:
             raise FashionError(problem if problem.startswith(f"{key}: ") else f"{key}: {problem}")
-    if raw["split.val_size"] == 0:
-        for key, value in (("train.select", "best"), ("evaluate.thresholds", "tuned")):
-            if raw[key] == value:
-                raise FashionError(f"{key}: {value!r} needs validation photos; set "
-                                   "split.val_size > 0")
-    if raw["split.test_size"] + raw["split.val_size"] >= 1:
-        raise FashionError("split.val_size: split.test_size + split.val_size must be < 1, got "
-                           f"{raw['split.test_size']} + {raw['split.val_size']}")
+    _cross_checks(raw)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "", *,

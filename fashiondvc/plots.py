@@ -30,14 +30,14 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
 
 
 def plot_history(history: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Train/test loss and test F1 per epoch."""
+    """Train/test loss and test mAP per epoch."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(history["epoch"], history["train_loss"], marker="o", label="train")
     left.plot(history["epoch"], history["test_loss"], marker="o", label="test")
     left.set(xlabel="epoch", ylabel="weighted BCE", title="Loss")
     left.legend()
-    right.plot(history["epoch"], history["test_f1"], marker="o", color="tab:green")
-    right.set(xlabel="epoch", ylabel="micro F1", title="Test F1", ylim=(0, 1))
+    right.plot(history["epoch"], history["test_map"], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel="mAP", title="Test mAP", ylim=(0, 1))
     _save(fig, path)
 
 
@@ -134,9 +134,9 @@ def _colours(n: int) -> list:
 def plot_compare_history(histories: Mapping[str, pd.DataFrame], path: str | os.PathLike) -> None:
     """Per-epoch curves of several runs over each other.
 
-    Loss (train dashed, test solid), test micro F1 and, when a run has validation photos,
+    Loss (train dashed, test solid), test mAP and, when a run has validation photos,
     validation mAP; one colour per run, labelled with its name (the keys of ``histories``).
-    Each table holds ``epoch``, ``train_loss``, ``test_loss``, ``test_f1`` (``val_map``
+    Each table holds ``epoch``, ``train_loss``, ``test_loss``, ``test_map`` (``val_map``
     optional), one row per epoch.
     """
     with_map = [name for name, h in histories.items() if "val_map" in h]
@@ -147,13 +147,13 @@ def plot_compare_history(histories: Mapping[str, pd.DataFrame], path: str | os.P
                      label=f"{name} train")
         axes[0].plot(history["epoch"], history["test_loss"], "-o", color=colour, markersize=3,
                      label=f"{name} test")
-        axes[1].plot(history["epoch"], history["test_f1"], "-o", color=colour, markersize=3,
+        axes[1].plot(history["epoch"], history["test_map"], "-o", color=colour, markersize=3,
                      label=name)
         if name in with_map:
             axes[2].plot(history["epoch"], history["val_map"], "-o", color=colour,
                          markersize=3, label=name)
     axes[0].set(xlabel="epoch", ylabel="loss", title="Loss (dashed: train)")
-    axes[1].set(xlabel="epoch", ylabel="micro F1", title="Test F1", ylim=(0, 1))
+    axes[1].set(xlabel="epoch", ylabel="mAP", title="Test mAP", ylim=(0, 1))
     if with_map:
         axes[2].set(xlabel="epoch", ylabel="mAP", title="Validation mAP", ylim=(0, 1))
     for ax in axes:
@@ -219,7 +219,7 @@ def compare(revs: Sequence[str], out: str | os.PathLike,
     if len(set(revs)) != len(revs):
         raise FashionError(f"plots compare: a revision is named twice ({' '.join(revs)})")
     histories = {rev: _read_columns(HISTORY, rev, repo, ("epoch", "train_loss", "test_loss",
-                                                          "test_f1")) for rev in revs}
+                                                          "test_map")) for rev in revs}
     tables = {rev: _read_columns(PER_ATTRIBUTE, rev, repo, ("attribute", "f1")) for rev in revs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

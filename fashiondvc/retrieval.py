@@ -71,18 +71,14 @@ def chance_precision(query_positive: np.ndarray, collection_positive: np.ndarray
 
 
 def embed_rows(net, data, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised `AttributeNet.embed` of stored rows ``rows`` of ``data`` (`train.Splits`)."""
-    import torch
-
-    from fashiondvc.train import loader
+    """L2-normalised `AttributeNet.embed` of stored rows ``rows`` of ``data`` (`rows.Splits`),
+    in fp32."""
+    from fashiondvc.rows import predict
 
     device = next(net.parameters()).device
-    net.eval()
-    chunks = []
-    with torch.inference_mode():
-        for x, s, *_ in loader(data.subset(rows), batch_size, shuffle=False, seed=0):
-            chunks.append(net.embed(x.to(device), s.to(device)).float().cpu().numpy())
-    return l2_normalize(np.concatenate(chunks)) if chunks else np.zeros((0, 0), np.float32)
+    _, embedded = predict(net, data.subset(rows), device, batch_size=batch_size,
+                          embeddings=True)
+    return l2_normalize(embedded.numpy()) if len(embedded) else np.zeros((0, 0), np.float32)
 
 
 def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10) -> dict[str, float]:

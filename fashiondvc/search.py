@@ -1,6 +1,6 @@
 """The search engine the paper was built for: query an index by photo, rank, filter, print.
 
-A query photo goes through `fashiondvc.index.Featurizer` (the training preprocessing and
+A query photo goes through `fashiondvc.predictor.Predictor` (the feature extractor and the
 network); ranking is one matrix-vector product, cosine similarity against the index's
 L2-normalised embeddings, with optional attribute filters.
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from fashiondvc.errors import FashionError
-from fashiondvc.index import Featurizer, SearchIndex, sha256_bytes
+from fashiondvc.index import SearchIndex, sha256_bytes
 from fashiondvc.io import sha256_file
+from fashiondvc.predictor import Predictor
 from fashiondvc.retrieval import l2_normalize
 
 # --------------------------------------------------------------------------- queries
@@ -86,11 +87,11 @@ def rows_with_hash(index: SearchIndex, digest: str) -> list[int]:
 class Searcher:
     """A loaded index and the network that built it, answering photo queries."""
 
-    def __init__(self, index: SearchIndex, featurizer: Featurizer):
-        if index.labels != featurizer.labels:
+    def __init__(self, index: SearchIndex, predictor: Predictor):
+        if index.labels != predictor.labels:
             raise FashionError("the index and the model predict different attributes: "
                                "rebuild the index (dvc repro index)")
-        self.index, self.featurizer = index, featurizer
+        self.index, self.predictor = index, predictor
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | SearchIndex,
@@ -102,7 +103,7 @@ class Searcher:
         if sha256_file(model_path) != index.model_sha256:
             raise FashionError(f"the index was built with another model than {model_path}: "
                                "rebuild it with `dvc repro index`")
-        return cls(index, Featurizer.from_file(model_path, index.precision))
+        return cls(index, Predictor.from_file(model_path))
 
     def query(self, data: bytes, name: str, *, top: int = 10,
               where: str | Iterable[str] | None = None) -> dict:
@@ -111,7 +112,7 @@ class Searcher:
         Collection photos with the very same bytes are left out of the results.
         """
         names = parse_where(where, self.index.labels)
-        probs, embedding = self.featurizer.photo(data, name)
+        probs, embedding = self.predictor.photo(data, name)
         exclude = rows_with_hash(self.index, sha256_bytes(data))
         return self.result(probs, embedding, exclude, top=top, where=names)
 

@@ -7,6 +7,8 @@ Grouping by source photo keeps every photo's variants on one side.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
 
@@ -64,3 +66,19 @@ def assign_subsets(source_ids: np.ndarray, test_size: float, *, val_size: float 
         val_ids = rng.choice(train_ids, size=n_val, replace=False)
         subsets[~is_test & np.isin(source_ids, val_ids)] = "val"
     return subsets
+
+
+def split_index(index_csv: str | os.PathLike, out_csv: str | os.PathLike, params) -> dict:
+    """The split stage: the augmented store's index -> ``out_csv`` (index, image_id, copy,
+    subset) with `fashiondvc.params.SplitParams` ``params``; returns the images per subset."""
+    import pandas as pd
+
+    from fashiondvc.io import write_csv
+
+    index = pd.read_csv(index_csv)
+    subsets = assign_subsets(index["image_id"].to_numpy(), params.test_size,
+                             val_size=params.val_size, group_by_source=params.group_by_source,
+                             seed=params.seed)
+    write_csv(out_csv, index[["index", "image_id", "copy"]].assign(subset=subsets))
+    counts = pd.Series(subsets).value_counts()
+    return {name: int(counts.get(name, 0)) for name in ("train", "val", "test")}

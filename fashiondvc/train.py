@@ -1,4 +1,4 @@
-"""Training of the trainable rest of VGG-16 and the head on stored frozen-trunk features.
+"""Training of the backbone's trainable rest and the head on stored features.
 
 A plain, explicit loop in the style of torchvision's reference ``train.py``: one function per
 epoch, the loss written out (`fashiondvc.losses`), a checkpoint after every epoch so a killed
@@ -16,96 +16,23 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fashiondvc import distributed, losses, metrics
+from fashiondvc.config import ModelConfig, TrainConfig
 from fashiondvc.errors import FashionError
-from fashiondvc.features import RAM_BUDGET_BYTES, load_features, read_rows
 from fashiondvc.io import atomic_path
+from fashiondvc.net import LabelPCA, build_net, save_net
+from fashiondvc.params import Params
 from fashiondvc.progress import progress
+from fashiondvc.rows import FeatureSet, Splits, load_splits, loader, predict
 from fashiondvc.runtime import autocast, resolve_device
-
-
-class FeatureSet(Dataset):
-    """Rows of a memory-mapped feature array with side features, targets and observed-mask.
-
-    Rows that fit `RAM_BUDGET_BYTES` are read into memory once, in the stored dtype (fp16:
-    about 0.7 GB for the train rows at ``frozen_convs=13``); larger sets are read batch by
-    batch with `read_rows`, so resident memory stays one batch whatever the file size (always
-    under torchrun: each rank reads only its rows, the page cache holds the file once). Items
-    are batches ``(x, side, y, mask)``: float32 (n, C, H, W), float32 (n, side width; 0 wide
-    without side features), float32 (n, n_labels), float32 (n, n_labels).
-    """
-
-    def __init__(self, features: np.ndarray, rows: np.ndarray, targets: np.ndarray,
-                 mask: np.ndarray, *, side: np.ndarray | None = None,
-                 in_memory: bool | None = None):
-        self.features, self.rows = features, np.asarray(rows)
-        self.targets = torch.from_numpy(targets[self.rows].astype(np.float32))
-        self.mask = torch.from_numpy(mask[self.rows].astype(np.float32))
-        self.side = (torch.zeros(len(self.rows), 0) if side is None
-                     else read_rows(side, self.rows).float())
-        nbytes = len(self.rows) * int(np.prod(features.shape[1:])) * features.dtype.itemsize
-        if in_memory is None:
-            in_memory = nbytes <= RAM_BUDGET_BYTES and distributed.world_size() == 1
-        self.cache = read_rows(features, self.rows) if in_memory else None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        return tuple(part[0] for part in self.__getitems__([i]))
-
-    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, ...]:
-        # rows in file order: sequential reads, and the same batch layout (hence the same
-        # dropout draws) whether or not the rows are in memory
-        items = np.asarray(items, dtype=np.int64)
-        items = items[np.argsort(self.rows[items], kind="stable")]
-        index = torch.from_numpy(items)
-        if self.cache is not None:
-            x = self.cache[index]
-        else:
-            x = read_rows(self.features, self.rows[items])
-        return x.float(), self.side[index], self.targets[index], self.mask[index]
-
-
-@dataclass
-class TrainConfig:
-    """What one training run needs besides the network and the data (validated in `params`).
-
-    ``pos_weight`` is one weight per label (`losses.positive_weights`); empty means ``k`` for
-    every label.
-    """
-
-    k: float
-    lr: float
-    epochs: int
-    batch_size: int
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    loss: str = "wbce"
-    gamma: float = 2.0
-    pos_weight: list[float] = field(default_factory=list)
-    select: str = "last"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    threshold: float = 0.5
-
-    def weights_for(self, n_labels: int) -> torch.Tensor:
-        """The positive weights as a tensor of shape (n_labels,)."""
-        if self.pos_weight:
-            return torch.tensor(self.pos_weight, dtype=torch.float32)
-        return torch.full((n_labels,), float(self.k))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -124,79 +51,36 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer
                             fused=fused or None)
 
 
-def loader(dataset: FeatureSet, batch_size: int, *, shuffle: bool, seed: int,
-           epoch: int = 0) -> DataLoader:
-    """Batches in a fixed order per (seed, epoch), so a resumed run sees the same batches.
-
-    Shuffled under torchrun, this rank's share of each batch (`distributed.shard`).
-    """
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    rows = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-            else torch.utils.data.SequentialSampler(dataset))
-    if shuffle and distributed.world_size() > 1:
-        rows = distributed.shard(dataset, seed * 100_003 + epoch)
-        batch_size = distributed.local_batch_size(batch_size)
-    sampler = torch.utils.data.BatchSampler(rows, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_already_batched)
-
-
-def _already_batched(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return batch  # FeatureSet.__getitems__ returns whole batches
-
-
-def batch_loss(net: nn.Module, outputs: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
-               config: TrainConfig) -> torch.Tensor:
-    """`losses.loss` of a batch with ``config``'s loss, weights and ``net``'s label coding."""
-    return losses.loss(config.loss, outputs, y, m, config.weights_for(y.shape[1]),
-                       config.gamma, getattr(net, "label_pca", None))
-
-
 def train_one_epoch(net: nn.Module, data: DataLoader, optimizer: torch.optim.Optimizer,
                     config: TrainConfig, device: torch.device, desc: str) -> float:
     """One pass over the training batches; returns the mean loss per image."""
     net.train()
     total, count = 0.0, 0
-    for x, s, y, m in progress(data, desc=desc, unit="batch", leave=False, steps=10):
-        x, s, y, m = x.to(device), s.to(device), y.to(device), m.to(device)
+    for batch in progress(data, desc=desc, unit="batch", leave=False, steps=10):
+        batch = batch.to(device)
         with autocast(device, config.precision):
-            outputs = net(x, s)
-        loss = batch_loss(net, outputs, y, m, config)
+            outputs = net(batch.features)
+        loss = losses.batch_loss(net, outputs, batch.targets, batch.mask, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(x)
-        count += len(x)
+        total += loss.item() * len(batch)
+        count += len(batch)
     return total / max(count, 1)
-
-
-@torch.inference_mode()
-def predict(net: nn.Module, data: DataLoader, device: torch.device,
-            precision: str = "fp32") -> torch.Tensor:
-    """Raw outputs (float32, on the CPU) for every row of ``data``, in order.
-
-    ``net.probabilities(outputs)`` turns them into label scores.
-    """
-    net.eval()
-    chunks = []
-    for x, s, *_ in progress(data, desc="predict", unit="batch", leave=False, steps=10):
-        with autocast(device, precision):
-            outputs = net(x.to(device), s.to(device))
-        chunks.append(outputs.float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
 def score(net: nn.Module, dataset: FeatureSet, config: TrainConfig, device: torch.device
           ) -> dict[str, float | np.ndarray]:
-    """``loss``, ``f1`` (micro, at ``config.threshold``), ``map`` and ``probs`` of a subset."""
-    outputs = predict(net, loader(dataset, max(config.batch_size, 256), shuffle=False, seed=0),
-                      device, config.precision)
+    """``loss``, ``map`` (threshold-free) and ``probs`` of a subset."""
+    outputs = predict(net, dataset, device, config.precision,
+                      batch_size=max(config.batch_size, 256))
     y, m = dataset.targets, dataset.mask
     probs = net.probabilities(outputs.to(device)).cpu().numpy()
     with torch.no_grad():
-        loss = float(batch_loss(net, outputs.to(device), y.to(device), m.to(device), config))
+        loss = float(losses.batch_loss(net, outputs.to(device), y.to(device), m.to(device), config))
     y_np, m_np = y.numpy(), m.numpy().astype(bool)
-    return {"loss": loss, "f1": metrics.micro_f1(y_np, probs >= config.threshold, m_np),
-            "map": metrics.mean_average_precision(y_np, probs, m_np), "probs": probs}
+    return {"loss": loss, "map": metrics.mean_average_precision(y_np, probs, m_np),
+            "probs": probs}
 
 
 def fingerprint(**parts: object) -> str:
@@ -210,8 +94,9 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
         on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``net`` for ``config.epochs``; return one history row per epoch.
 
-    Each row holds ``epoch``, ``train_loss``, ``test_loss`` and ``test_f1`` (micro F1 at
-    ``config.threshold``), with a validation set also ``val_loss``, ``val_f1`` and ``val_map``,
+    Each row holds ``epoch``, ``train_loss``, ``test_loss`` and ``test_map`` (threshold-free,
+    so no post-processing knob is a training input), with a validation set also ``val_loss``
+    and ``val_map``,
     and ``selected`` (1 on the epoch whose weights ``net`` ends with: the last, or with
     ``config.select == "best"`` the best ``val_map``). With ``checkpoint``, the model (and, for
     ``select="best"``, the best weights so far), optimizer, random state and history are
@@ -253,10 +138,10 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
             desc=f"epoch {epoch}/{config.epochs}"))
         test = score(net, test_set, config, device)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test["loss"],
-               "test_f1": test["f1"]}
+               "test_map": test["map"]}
         if val_set is not None:
             val = score(net, val_set, config, device)
-            row.update(val_loss=val["loss"], val_f1=val["f1"], val_map=val["map"])
+            row.update(val_loss=val["loss"], val_map=val["map"])
         history.append(row)
         if config.select == "best" and (best is None or _better(row, best["row"])):
             best = {"row": row, "state": copy.deepcopy(net.state_dict())}
@@ -327,91 +212,76 @@ def resume(path: str | os.PathLike | io.BytesIO, net: nn.Module,
 
 
 @dataclass
-class Splits:
-    """Stored features (and side features) with per-row targets, mask and subset rows."""
-
-    features: np.ndarray
-    targets: np.ndarray
-    mask: np.ndarray
-    train_rows: np.ndarray
-    test_rows: np.ndarray
-    val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    side: np.ndarray | None = None
-
-    def subset(self, rows: np.ndarray) -> FeatureSet:
-        return FeatureSet(self.features, rows, self.targets, self.mask, side=self.side)
-
-
-def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
-                features_dir: str | os.PathLike, names: list[str], *,
-                side: bool = False) -> Splits:
-    """Join the ingested labels, the split and the stored features, row by row.
-
-    With ``side``, the side features (``side.npy``) come along for the ``multiscale`` head.
-    """
-    import pandas as pd
-
-    from fashiondvc.labels import targets_for
-
-    features_npy = Path(features_dir) / "features.npy"
-    labels = pd.read_csv(labels_csv)
-    split = pd.read_csv(split_csv).sort_values("index")
-    features = load_features(features_npy)
-    if len(features) != len(split):
-        raise FashionError(f"{features_npy}: {len(features)} rows, but {split_csv} has "
-                           f"{len(split)}; rerun the pipeline")
-    targets, mask = targets_for(labels, split["image_id"].tolist(), names)
-    subset = split["subset"].to_numpy()
-    return Splits(features, targets, mask, np.flatnonzero(subset == "train"),
-                  np.flatnonzero(subset == "test"), np.flatnonzero(subset == "val"),
-                  load_features(Path(features_dir) / "side.npy") if side else None)
-
-
-@dataclass
 class Run:
     """A network ready to train, its `TrainConfig`, the config saved with it, and a run id."""
 
     net: nn.Module
     config: TrainConfig
-    saved_config: dict
+    model_config: ModelConfig
     id: str
 
 
-def build_run(params: dict, data: Splits, names: list[str], inputs: list) -> Run:
+def build_run(params: Params, data: Splits, inputs: list) -> Run:
     """Set up one training run from validated ``params`` and the loaded ``data``.
 
+    The features' shapes and the extractor that made them come from the features' metadata.
     Per-label positive weights and the label PCA are fitted on the training rows only. The
     run id hashes everything that shapes the history (settings, input files by content or
     identity, and this code), so a checkpoint resumes only an identical run.
     """
     from fashiondvc import net as net_module
+    from fashiondvc import rows as rows_module
     from fashiondvc.io import file_identity, sha256_file
-    from fashiondvc.net import LabelPCA, build_net
 
-    model, train = params["model"], params["train"]
-    image_size = params["augment"]["image_size"]
+    model, train = params.model, params.train
     train_y, train_m = data.targets[data.train_rows], data.mask[data.train_rows]
-    label_pca = (LabelPCA.fit(train_y, train_m, train["label_pca"])
-                 if train["label_pca"] else None)
-    net = build_net(model["weights"], model["frozen_convs"], image_size, model["hidden"],
-                    len(names), model["dropout"], seed=train["seed"], head=model["head"],
-                    side_width=0 if data.side is None else data.side.shape[1], label_pca=label_pca)
-    weights = (losses.positive_weights("frequency", params["k"], train_y, train_m).tolist()
-               if train["pos_weight"] == "frequency" else [])
+    label_pca = (LabelPCA.fit(train_y, train_m, train.label_pca) if train.label_pca else None)
+    weights = (tuple(losses.positive_weights("frequency", params.k, train_y, train_m).tolist())
+               if train.pos_weight == "frequency" else ())
     config = TrainConfig(
-        k=params["k"], lr=params["lr"], epochs=train["epochs"], batch_size=train["batch_size"],
-        optimizer=train["optimizer"], weight_decay=train["weight_decay"], loss=train["loss"],
-        gamma=train["gamma"], pos_weight=weights, select=train["select"], seed=train["seed"],
-        device=train["device"], precision=train["precision"],
-        threshold=params["evaluate"]["threshold"])
-    saved = {"labels": names, "image_size": image_size, "weights": model["weights"],
-             "frozen_convs": model["frozen_convs"], "hidden": model["hidden"],
-             "dropout": model["dropout"], "train": config.as_dict()}
+        k=params.k, lr=params.lr, epochs=train.epochs, batch_size=train.batch_size,
+        optimizer=train.optimizer, weight_decay=train.weight_decay, loss=train.loss,
+        gamma=train.gamma, pos_weight=weights, select=train.select, seed=train.seed,
+        device=train.device, precision=train.precision)
+    model_config = ModelConfig(
+        labels=params.labels, extractor=data.stored.config,
+        input_shapes={name: data.stored.shapes[name] for name in model.inputs},
+        head=model.head, hidden=model.hidden, dropout=model.dropout,
+        label_pca=train.label_pca, train=config)
+    net = build_net(model_config, seed=train.seed, label_pca=label_pca)
     identities = [file_identity(p) if Path(p).is_file() else
                   sorted(file_identity(f) for f in Path(p).iterdir()) for p in inputs]
-    run_id = fingerprint(params={k: v for k, v in params.items() if k != "search"},
-                         inputs=identities,
+    run_id = fingerprint(config=model_config.to_dict(), inputs=identities,
                          code=[sha256_file(m.__file__) for m in (sys.modules[__name__],
-                                                                 net_module, losses,
-                                                                 distributed)])
-    return Run(net, config, saved, run_id)
+                                                                 net_module, rows_module,
+                                                                 losses, distributed)])
+    return Run(net, config, model_config, run_id)
+
+
+def train(params: Params, labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
+          features_dir: str | os.PathLike, model_path: str | os.PathLike,
+          history_csv: str | os.PathLike, *, checkpoint_dir: str | os.PathLike = ".checkpoints",
+          on_epoch: Callable[[dict], None] | None = None) -> list[dict] | None:
+    """The train stage: fit the network on the stored features, save it to ``model_path`` and
+    its history (one row per epoch, `fit`) to ``history_csv``.
+
+    Reads the features named by ``model.inputs``; checkpoints every epoch into
+    ``checkpoint_dir`` (a killed run resumes; the checkpoint is removed once the model is
+    saved). Returns the history (`fit`) on the main process, None on the other ranks.
+    """
+    data = load_splits(labels_csv, split_csv, features_dir, params.labels, params.model.inputs)
+    run = build_run(params, data, inputs=[labels_csv, split_csv, features_dir])
+    checkpoint = Path(checkpoint_dir) / f"train-{run.id}.pt"
+    history = fit(run.net, data.subset(data.train_rows), data.subset(data.test_rows),
+                  run.config, val_set=data.subset(data.val_rows) if len(data.val_rows) else None,
+                  checkpoint=checkpoint, on_epoch=on_epoch)
+    if not distributed.is_main():
+        return None
+    import pandas as pd
+
+    from fashiondvc.io import write_csv
+
+    save_net(run.net, model_path, run.model_config)
+    write_csv(history_csv, pd.DataFrame(history))
+    checkpoint.unlink(missing_ok=True)
+    return history

@@ -8,9 +8,8 @@ from fashiondvc.params import load_params
 
 
 def main() -> None:
-    out_dir = sys.argv[1]
-    for name, value in write_fingerprints(load_params(), out_dir).items():
-        print(f"inputs: {name} {value.get('sha256', value.get('url', ''))[:16] or '-'}")
+    for name, value in write_fingerprints(load_params(), sys.argv[1]).items():
+        print(f"inputs: {name} {value.get('sha256', value.get('weights', ''))[:16] or '-'}")
 
 
 if __name__ == "__main__":

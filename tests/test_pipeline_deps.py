@@ -3,6 +3,10 @@
 A stage whose code changed must rerun: if a module a stage imports (directly, through another
 module, or inside a function) is missing from its deps, DVC keeps a stale result; one listed but
 not imported reruns the stage for nothing.
+
+The only exceptions are the modules in `OUTPUT_NEUTRAL`: they observe a stage (MLflow tracking,
+progress lines) and cannot change a byte of what it writes, which tests/test_cache_lines.py
+shows. The closure neither lists them nor follows their imports.
 """
 
 from __future__ import annotations
@@ -18,6 +22,17 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Modules that cannot change any stage's outputs, each with the test that shows it.
+OUTPUT_NEUTRAL = {
+    # MLflow runs, params, metrics and the logged model live outside DVC's outputs:
+    # test_cache_lines.py::test_train_outputs_are_byte_identical_with_tracking_on_and_off
+    "fashiondvc/tracking.py",
+    "fashiondvc/mlmodel.py",
+    # progress lines on stderr only:
+    # test_cache_lines.py::test_featurize_outputs_are_byte_identical_with_progress_on_and_off
+    "fashiondvc/progress.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -48,7 +63,7 @@ def import_closure(script: Path) -> set[str]:
     todo = [script]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or path.relative_to(ROOT).as_posix() in OUTPUT_NEUTRAL:
             continue
         seen.add(path)
         for name in imported_modules(path):
@@ -82,8 +97,9 @@ def test_every_stage_lists_exactly_its_import_closure():
 def test_closure_follows_function_level_and_transitive_imports(tmp_path, monkeypatch):
     # the closure must see an import inside a function two modules away
     closure = import_closure(ROOT / "stages" / "featurize.py")
-    assert "fashiondvc/trunk.py" in closure  # imported at top level
-    assert "fashiondvc/preprocess.py" in closure  # through features.py
+    assert "fashiondvc/features.py" in closure  # imported at top level
+    assert "fashiondvc/backbones.py" in closure  # through features.py
+    assert "fashiondvc/store.py" in closure  # inside a function of features.py
     assert "fashiondvc/__init__.py" in closure
     assert "fashiondvc/dataset.py" not in closure  # featurize never reads the archive
 

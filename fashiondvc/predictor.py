@@ -1,0 +1,98 @@
+"""A trained network with its feature extractor: new photos in, attributes and embeddings out.
+
+The query path of every entry point (the index of a photo folder, ``fashiondvc search``,
+``fashiondvc serve``, the logged MLflow model) is `Predictor`: `load_rgb` -> the feature
+extractor (`fashiondvc.features.FeatureExtractor.photos`, the very object the featurize stage
+runs) -> the network in fp32. Features equal stored ones by construction.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fashiondvc.config import ModelConfig
+from fashiondvc.errors import FashionError
+from fashiondvc.features import FeatureExtractor
+from fashiondvc.preprocess import load_rgb
+from fashiondvc.retrieval import l2_normalize
+
+#: Largest query photo accepted, in pixels.
+MAX_PIXELS = 40_000_000
+
+
+class Predictor:
+    """``net`` (eval mode) with the extractor of its `ModelConfig` (built unless given)."""
+
+    def __init__(self, net, config: ModelConfig, extractor: FeatureExtractor | None = None):
+        self.net, self.config = net.eval(), config
+        self.extractor = extractor or FeatureExtractor(config.extractor)
+        self.labels = list(config.labels)
+        self.image_size = config.extractor.image_size
+        self.precision = config.extractor.precision
+
+    @classmethod
+    def from_file(cls, model_path: str | os.PathLike) -> Predictor:
+        """Load a network saved by the train stage (``models/net.pt``) and its extractor."""
+        from dataclasses import replace
+
+        from fashiondvc.net import load_net
+
+        net, config = load_net(model_path)
+        extractor = replace(config.extractor,
+                            weights=weights_for_model(config.extractor.weights, model_path))
+        return cls(net, replace(config, extractor=extractor))
+
+    @torch.inference_mode()
+    def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, embeddings)`` of upright RGB images, shapes (n, n_labels) and (n, hidden),
+        float32; embeddings L2-normalised."""
+        features = self.extractor.photos(images)
+        embedded = self.net.embed({name: features[name].float() for name in self.config.inputs})
+        probs = self.net.probabilities(self.net.out(embedded))
+        return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
+
+    def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, embedding)`` of one encoded photo.
+
+        Raises `FashionError` if it is not an image or has more than `MAX_PIXELS` pixels (a
+        small file can hold a huge, memory-filling image).
+        """
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        except Image.DecompressionBombError:
+            width = height = None
+        except (OSError, ValueError):
+            width = height = 0  # load_rgb below gives the clear message
+        if width is None or width * height > MAX_PIXELS:
+            size = "" if width is None else f" ({width}x{height})"
+            raise FashionError(f"{name}: too many pixels{size}; at most "
+                               f"{MAX_PIXELS // 1_000_000} megapixels")
+        probs, embeddings = self.images([load_rgb(data, name)])
+        return probs[0], embeddings[0]
+
+
+def weights_for_model(weights: str, model_path: str | os.PathLike) -> str:
+    """``model.weights`` as saved in a model, found from wherever the model is used.
+
+    A relative weights path was relative to the repository that trained the model; from
+    another working directory (``fashiondvc search --model /repo/models/net.pt``) it is
+    looked up from the nearest folder above the model file that holds a ``dvc.yaml``.
+    ``imagenet``, ``random``, absolute paths and paths found from here are returned as given.
+    """
+    from fashiondvc.io import repo_path
+
+    if weights in ("imagenet", "random") or Path(weights).is_absolute() or repo_path(
+            weights).exists():
+        return weights
+    for folder in Path(model_path).resolve().parents:
+        if (folder / "dvc.yaml").is_file():
+            return str(folder / weights) if (folder / weights).exists() else weights
+    return weights

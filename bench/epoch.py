@@ -23,6 +23,7 @@ trainable convs' input (it must not: the stored features are constants). Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import sys
@@ -37,17 +38,41 @@ sys.path.insert(0, str(BENCH.parent))
 
 import machine  # noqa: E402
 
-from fashiondvc.features import NpyWriter, load_features  # noqa: E402
-from fashiondvc.net import build_net  # noqa: E402
-from fashiondvc.train import FeatureSet, TrainConfig, fit  # noqa: E402
-from fashiondvc.trunk import feature_shape  # noqa: E402
+from fashiondvc.config import ExtractorConfig, ModelConfig, TrainConfig  # noqa: E402
+from fashiondvc.features import FeatureExtractor, NpyWriter  # noqa: E402
+from fashiondvc.labels import LABEL_SETS  # noqa: E402
+from fashiondvc.net import AttributeNet, build_net  # noqa: E402
+from fashiondvc.rows import FeatureSet  # noqa: E402
+from fashiondvc.train import fit  # noqa: E402
 
-N_IMAGES, N_LABELS = 20412, 20
+N_IMAGES, LABELS = 20412, LABEL_SETS["attrs20"]
+N_LABELS = len(LABELS)
+
+
+def extractor_config(frozen_convs: int) -> ExtractorConfig:
+    """The frozen part the features stand for: VGG-16 (random weights), 224 px."""
+    return ExtractorConfig(backbone="vgg16", weights="random", frozen=frozen_convs,
+                           image_size=224, precision="bf16")
+
+
+@functools.cache
+def trunk_shape(frozen_convs: int) -> tuple[int, ...]:
+    """Shape of one image's ``trunk`` feature for ``frozen_convs`` at 224 px."""
+    return FeatureExtractor(extractor_config(frozen_convs)).shapes()["trunk"]
+
+
+def fresh_net(frozen_convs: int, config: TrainConfig) -> AttributeNet:
+    """The paper's network (flatten head, 256 hidden, dropout 0.5) on ``frozen_convs``
+    stored features, seed 0, as the train stage builds it."""
+    return build_net(ModelConfig(labels=LABELS, extractor=extractor_config(frozen_convs),
+                                 input_shapes={"trunk": trunk_shape(frozen_convs)},
+                                 train=config, head="flatten", hidden=256, dropout=0.5),
+                     seed=0)
 
 
 def write_features(path: Path, frozen_convs: int, chunk: int = 256) -> None:
     """Random float16 rows of the trunk's output shape, streamed to ``path``."""
-    shape = (N_IMAGES, *feature_shape(frozen_convs, 224))
+    shape = (N_IMAGES, *trunk_shape(frozen_convs))
     rng = np.random.default_rng(0)
     writer = NpyWriter(path, np.float16, shape)
     for start in range(0, N_IMAGES, chunk):
@@ -70,7 +95,7 @@ def variants(args: argparse.Namespace) -> dict:
     described = machine.describe()
     roofline = machine.gemm_roofline(args.gemm_n)
     print(machine.markdown(described, roofline), flush=True)
-    shape = feature_shape(args.frozen_convs, 224)
+    shape = trunk_shape(args.frozen_convs)
     first = args.frozen_convs + 1
     gflop = machine.conv_gflop(first, 13) if first <= 13 else 0.0  # forward, per image
     rng = torch.Generator().manual_seed(0)
@@ -80,20 +105,20 @@ def variants(args: argparse.Namespace) -> dict:
     rows = []
     for precision in ("fp32", "bf16"):
         for layout in ("contiguous", "channels_last"):
-            net = build_net("random", args.frozen_convs, 224, 256, N_LABELS, 0.5, seed=0)
+            config = TrainConfig(k=3, lr=1e-7, epochs=1, batch_size=64, device="cpu",
+                                 precision=precision)
+            net = fresh_net(args.frozen_convs, config)
             data = x
             if layout == "channels_last":
                 net, data = (net.to(memory_format=torch.channels_last),
                              x.contiguous(memory_format=torch.channels_last))
-            config = TrainConfig(k=3, lr=1e-7, epochs=1, batch_size=64, device="cpu",
-                                 precision=precision)
             optimizer = make_optimizer(net, config)
             loss_fn = torch.nn.BCEWithLogitsLoss()
 
             def step(batch: torch.Tensor, target: torch.Tensor, net=net, precision=precision,
                      optimizer=optimizer, loss_fn=loss_fn) -> None:
                 with autocast(cpu, precision):
-                    outputs = net(batch)
+                    outputs = net({"trunk": batch})
                 loss = loss_fn(outputs.float(), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -107,10 +132,10 @@ def variants(args: argparse.Namespace) -> dict:
             train_s = time.perf_counter() - start
             net.eval()
             with torch.inference_mode(), autocast(cpu, precision):
-                net(data[:8])
+                net({"trunk": data[:8]})
                 start = time.perf_counter()
                 for i in range(0, args.rows, 256):
-                    net(data[i:i + 256])
+                    net({"trunk": data[i:i + 256]})
             eval_s = time.perf_counter() - start
             dtype = "bf16" if precision == "bf16" and described["native_bf16"] else "fp32"
             train_gflops = 2 * gflop * args.rows / train_s  # forward + weight gradient
@@ -125,7 +150,7 @@ def variants(args: argparse.Namespace) -> dict:
                    "load": machine.load()}
             rows.append(row)
             print(row, flush=True)
-    net = build_net("random", args.frozen_convs, 224, 256, N_LABELS, 0.5, seed=0)
+    net = fresh_net(args.frozen_convs, TrainConfig(k=3, lr=1e-7, epochs=1, batch_size=64))
     result = {"machine": described, "roofline": roofline, "frozen_convs": args.frozen_convs,
               "rows": args.rows, "conv_gflop_per_image_forward": round(gflop, 3),
               "input_gradient_of_stored_features": input_gradient_computed(net, x[:2]),
@@ -157,7 +182,7 @@ def main() -> None:
     path = args.work / f"features-{args.frozen_convs}.npy"
     if not path.exists():
         write_features(path, args.frozen_convs)
-    features = load_features(path)
+    features = {"trunk": np.load(path, mmap_mode="r")}  # as StoredFeatures.array opens it
     rng = np.random.default_rng(0)
     targets = (rng.random((N_IMAGES, N_LABELS)) < 0.3).astype(np.float32)
     mask = np.ones_like(targets)
@@ -167,13 +192,13 @@ def main() -> None:
     result = {
         "machine": machine.describe(), "roofline": machine.gemm_roofline(args.gemm_n),
         "frozen_convs": args.frozen_convs, "threads": torch.get_num_threads(),
-        "train_rows": len(train), "test_rows": len(test), "in_memory": train.cache is not None,
+        "train_rows": len(train), "test_rows": len(test), "in_memory": "trunk" in train.cache,
         "runs": [],
     }
     for precision in args.precision:  # side by side in one process, same rows and page cache
-        net = build_net("random", args.frozen_convs, 224, 256, N_LABELS, 0.5, seed=0)
         config = TrainConfig(k=3, lr=1e-7, epochs=args.epochs, batch_size=64, device="cpu",
                              precision=precision)
+        net = fresh_net(args.frozen_convs, config)
         marks, loads = [time.perf_counter()], []
 
         def on_epoch(_: dict, marks=marks, loads=loads) -> None:

@@ -2,7 +2,9 @@
 
     python3 bench/gpu.py [--archive ClothingAttributeDataset.zip] [--device auto]
 
-Runs the library functions the stages call (no DVC), each phase timed in wall seconds:
+Runs the in-process pipeline (`fashiondvc.pipeline.Pipeline` under ``--work``/pipeline, laid
+out as the repository, no DVC) with this checkout's params.yaml and the settings below, each
+phase timed in wall seconds:
 
 1. ``machine``: `machine.describe` and the GEMM roofline measured on ``--device`` (CUDA:
    ``--gemm-n`` 8192, synchronised), in the same run.
@@ -11,29 +13,30 @@ Runs the library functions the stages call (no DVC), each phase timed in wall se
    2:1 grouped by photo. Without ``--archive`` a generated archive in the real layout is used
    (`fashiondvc.sample`: smaller photos, so ingest and augment are faster than on the real
    one; every later phase sees the same image count and size).
-3. ``featurize_fc12``: the ``frozen_convs: 12`` trunk over every image (images/s).
+3. ``featurize_fc12``: the feature extractor (``frozen_convs: 12``) over every image
+   (images/s, the extractor built first).
 4. ``train_fc12``: `fit` of one paper row (``--row``, default g8) for ``--epochs`` epochs on the
-   stored features (seconds per epoch), as the train stage runs it.
+   stored features (seconds per epoch), set up as the train stage sets it up (`build_run`).
 5. ``fc8``: one ``frozen_convs: 8`` epoch. Its features are 512x28x28 (800 KB per image in
    fp16, 16 GB for 20416 images), too big for a small disk, so only the images of the first
    ``--fc8-photos`` photos (default 512: 5632 images, 4.5 GB) are featurized and trained on,
    split 2:1 by photo among themselves; ``epoch_s_all_images`` scales the measured epoch to
    every image (an estimate: time per image is flat once the GPU is busy).
-6. ``index``, ``search``: the index of the ingested photos from the stored features
-   (`build_index_from_features`), then one-off queries in this process: load index and
-   network (`Searcher.open`), featurize one photo, rank; median ms over ``--queries``
-   photos after one warm-up. Queries run on the CPU whatever ``--device``: `Featurizer` is
-   CPU-only.
+6. ``index``, ``search``: the index stage (the ingested photos, from the stored features),
+   then one-off queries in this process: load index and network (`Searcher.open`), featurize
+   one photo, rank; median ms over ``--queries`` photos after one warm-up. Queries run on
+   the CPU whatever ``--device``: the `Predictor`'s feature extractor runs there.
 
 ``--weights random`` (the default: a GPU machine cannot download ImageNet weights) is the
 seeded random VGG-16 written to a state_dict file first and used as ``model.weights: <file>``,
-so the query loads its frozen trunk from a file as a real setup does; timings do not depend
+so the query loads its frozen part from a file as a real setup does; timings do not depend
 on the weights' values.
 
 Progress goes to stderr; stdout gets one JSON at the end, also written to ``--out`` (updated
 after every phase, so a run killed at its time limit keeps what it measured). Needs torch,
-torchvision, numpy, pandas, scikit-learn, scipy, pillow and tqdm (no DVC, MLflow or YAML
-libraries), and ``--work`` space for the features: 4.1 + 4.5 GB at the defaults.
+torchvision, numpy, pandas, scikit-learn, scipy, pillow, tqdm and ruamel.yaml (which reads
+params.yaml; no DVC or MLflow), and ``--work`` space for the features: 4.1 + 4.5 GB at the
+defaults.
 
     .venv/bin/python bench/gpu.py --device cpu --photos 2 --epochs 1 --size 64 \\
         --weights random --workers 0    # end-to-end check on a CPU (tests/test_bench.py)
@@ -60,29 +63,32 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
+import benchkit  # noqa: E402
 import machine  # noqa: E402
 
 from fashiondvc.augment import augment_folder  # noqa: E402
 from fashiondvc.choices import PRECISIONS  # noqa: E402
-from fashiondvc.dataset import ingest, read_ingested  # noqa: E402
+from fashiondvc.config import ExtractorConfig  # noqa: E402
+from fashiondvc.dataset import read_ingested  # noqa: E402
 from fashiondvc.errors import FashionError, run_main  # noqa: E402
-from fashiondvc.features import featurize, storage_dtype  # noqa: E402
-from fashiondvc.index import build_index_from_features  # noqa: E402
-from fashiondvc.labels import resolve_label_set  # noqa: E402
-from fashiondvc.net import build_net, save_net  # noqa: E402
+from fashiondvc.features import FeatureExtractor, featurize  # noqa: E402
+from fashiondvc.net import save_net  # noqa: E402
 from fashiondvc.paper import paper_table  # noqa: E402
+from fashiondvc.params import Params  # noqa: E402
+from fashiondvc.pipeline import Pipeline  # noqa: E402
+from fashiondvc.rows import FeatureSet, load_splits  # noqa: E402
 from fashiondvc.runtime import resolve_device  # noqa: E402
 from fashiondvc.sample import make_sample_archive  # noqa: E402
 from fashiondvc.search import Searcher  # noqa: E402
-from fashiondvc.split import split_test_mask  # noqa: E402
+from fashiondvc.split import split_index  # noqa: E402
 from fashiondvc.store import ImageStore  # noqa: E402
-from fashiondvc.train import FeatureSet, TrainConfig, fit, load_splits  # noqa: E402
-from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg  # noqa: E402
+from fashiondvc.train import Run, build_run, fit  # noqa: E402
 
 COPIES, HIDDEN, DROPOUT, TEST_SIZE = 10, 256, 0.5, 0.33
-#: Folders and files this script owns inside ``--work`` (removed at the start of a run).
-OWNED = ("sample.zip", "ingested", "augmented", "split.csv", "split-fc8.csv", "features-12",
-         "features-8", "net.pt", "index", "vgg16-random.pth")
+#: Folders and files this script owns inside ``--work`` (removed at the start of a run): the
+#: pipeline's folder (laid out as the repository: data/, models/, ...), the frozen_convs=8
+#: subset, the generated archive and the random weights file.
+OWNED = ("sample.zip", "pipeline", "fc8", "vgg16-random.pth")
 
 
 def log(message: str) -> None:
@@ -117,65 +123,86 @@ class Report:
         self.out.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
-def prepare_data(args: argparse.Namespace, report: Report) -> tuple[Path, Path, Path]:
-    """Archive (given or generated), ingest, augment (all CPUs), split; return their paths."""
+def bench_params(args: argparse.Namespace, archive: Path, frozen_convs: int, epochs: int
+                 ) -> Params:
+    """The pipeline's parameters for this run: the paper row ``args.row``, the command line's
+    sizes, devices and precisions, and the settings the figures depend on pinned."""
+    row = paper_table().set_index("row").loc[args.row]
+    return benchkit.params({
+        "labels": row["labels"], "k": float(row["k"]), "lr": float(row["lr"]),
+        "data.archive": str(archive), "data.sha256": None, "data.on_corrupt": "fail",
+        "augment.copies": COPIES, "augment.image_size": args.size, "augment.seed": 0,
+        "augment.workers": 0,  # all CPUs
+        "split.test_size": TEST_SIZE, "split.val_size": 0.0, "split.group_by_source": True,
+        "split.seed": 0,
+        "model.backbone": "vgg16", "model.weights": args.weights,
+        "model.frozen_convs": frozen_convs, "model.head": "flatten", "model.inputs": ["trunk"],
+        "model.hidden": HIDDEN, "model.dropout": DROPOUT,
+        "featurize.precision": args.precision, "featurize.batch_size": args.batch,
+        "featurize.workers": args.workers, "featurize.device": args.device,
+        "train.epochs": epochs, "train.batch_size": 64, "train.optimizer": "adam",
+        "train.weight_decay": 0.0, "train.loss": "wbce", "train.pos_weight": "k",
+        "train.label_pca": 0, "train.select": "last", "train.seed": 0,
+        "train.device": args.device, "train.devices": 1, "train.precision": args.train_precision,
+        "evaluate.threshold": 0.5, "evaluate.thresholds": "fixed", "search.images": None})
+
+
+def prepare_data(args: argparse.Namespace, report: Report) -> Pipeline:
+    """Archive (given or generated), ingest, augment (all CPUs), split; return the pipeline."""
     work = args.work
     with report.phase("archive"):
         archive = args.archive
         if archive is None:
             archive = make_sample_archive(work / "sample.zip", n_images=args.photos or 1856)
-    ingested, store_dir, split_csv = work / "ingested", work / "augmented", work / "split.csv"
+    pipeline = Pipeline(bench_params(args, archive, 12, args.epochs), work / "pipeline")
     with report.phase("ingest"):
-        ingest(archive, ingested)
-    ids = read_ingested(ingested)["image_id"].to_numpy()
+        pipeline.ingest()
+    ids = read_ingested(pipeline.ingested)["image_id"].to_numpy()
     if args.photos is not None and args.photos > len(ids):
         raise FashionError(f"--photos: {args.photos} asked, the archive has {len(ids)}")
     ids = ids[:args.photos]
-    with report.phase("augment"):
-        augment_folder(ingested / "images", ids, store_dir, copies=COPIES, size=args.size,
-                       seed=0)
+    options = pipeline.params.augment
+    with report.phase("augment"):  # the augment stage's work, on the first --photos photos
+        augment_folder(pipeline.ingested / "images", ids, pipeline.augmented,
+                       copies=options.copies, size=options.image_size, seed=options.seed,
+                       workers=options.workers)
     with report.phase("split"):
-        index = ImageStore(store_dir).index
-        is_test = split_test_mask(index["image_id"].to_numpy(), TEST_SIZE, seed=0)
-        index[["index", "image_id", "copy"]].assign(
-            subset=np.where(is_test, "test", "train")).to_csv(split_csv, index=False)
+        pipeline.split()
     report.data["data"] = {"archive": str(args.archive) if args.archive else "generated",
-                           "photos": len(ids), "images": len(index), "copies": COPIES,
-                           "size": args.size}
-    return ingested, store_dir, split_csv
+                           "photos": len(ids), "images": len(ImageStore(pipeline.augmented)),
+                           "copies": COPIES, "size": args.size}
+    return pipeline
 
 
-def run_featurize(store, out: Path, frozen_convs: int, args: argparse.Namespace) -> dict:
-    """Featurize every image of ``store`` (an `ImageStore` or a subset) into ``out``."""
-    frozen, _ = split_vgg(load_vgg16(args.weights), frozen_convs)
-    shape = feature_shape(frozen_convs, args.size)
-    out.mkdir(parents=True)
+def run_featurize(params: Params, store, out: Path) -> dict:
+    """The featurize stage's work on ``store`` (the augmented store or a subset of it) into
+    ``out``: the extractor of ``params`` (built first, outside the images/s figure)."""
+    options = params.featurize
+    extractor = FeatureExtractor(ExtractorConfig.from_params(params), device=options.device)
     start = time.perf_counter()
-    featurize(store, frozen, out, feature_shape=shape, batch_size=args.batch,
-              workers=args.workers, precision=args.precision, device=args.device)
+    meta = featurize(store, extractor, out, batch_size=options.batch_size,
+                     workers=options.workers)
     seconds = time.perf_counter() - start
-    row_bytes = int(np.prod(shape)) * storage_dtype(args.precision).itemsize
-    log(f"featurize: {len(store)} images, frozen_convs={frozen_convs}, {args.precision}: "
-        f"{len(store) / seconds:.1f} images/s")
-    return {"frozen_convs": frozen_convs, "images": len(store), "shape": list(shape),
-            "images_per_s": round(len(store) / seconds, 1),
+    trunk = meta["features"]["trunk"]
+    row_bytes = int(np.prod(trunk["shape"])) * np.dtype(trunk["dtype"]).itemsize
+    log(f"featurize: {len(store)} images, frozen_convs={params.model.frozen_convs}, "
+        f"{options.precision}: {len(store) / seconds:.1f} images/s")
+    return {"frozen_convs": params.model.frozen_convs, "images": len(store),
+            "shape": list(trunk["shape"]), "images_per_s": round(len(store) / seconds, 1),
             "bytes_per_image": row_bytes, "gib": round(row_bytes * len(store) / 2**30, 2)}
 
 
-def train_row(ingested: Path, split_csv: Path, features: Path, frozen_convs: int, epochs: int,
-              args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
-    """`fit` the paper row ``args.row`` on stored features; the net and seconds per epoch."""
-    row = paper_table().set_index("row").loc[args.row]
-    names = resolve_label_set(row["labels"])
-    data = load_splits(ingested / "labels.csv", split_csv, features, names)
+def train_row(params: Params, labels_csv: Path, split_csv: Path, features: Path,
+              args: argparse.Namespace) -> tuple[Run, dict]:
+    """`fit` the paper row of ``params`` on stored features, set up as the train stage sets it
+    up (`build_run`); the run and its seconds per epoch."""
+    data = load_splits(labels_csv, split_csv, features, params.labels, params.model.inputs)
+    run = build_run(params, data, inputs=[labels_csv, split_csv, features])
     in_memory = True if args.in_memory else None
-    train = FeatureSet(data.features, data.train_rows, data.targets, data.mask,
+    train = FeatureSet(data.arrays, data.train_rows, data.targets, data.mask,
                        in_memory=in_memory)
-    test = FeatureSet(data.features, data.test_rows, data.targets, data.mask,
+    test = FeatureSet(data.arrays, data.test_rows, data.targets, data.mask,
                       in_memory=in_memory)
-    net = build_net(args.weights, frozen_convs, args.size, HIDDEN, len(names), DROPOUT, seed=0)
-    config = TrainConfig(k=float(row["k"]), lr=float(row["lr"]), epochs=epochs, batch_size=64,
-                         device=args.device, precision=args.train_precision)
     marks = [time.perf_counter()]
 
     def on_epoch(_: dict) -> None:
@@ -183,34 +210,35 @@ def train_row(ingested: Path, split_csv: Path, features: Path, frozen_convs: int
             torch.cuda.synchronize()
         marks.append(time.perf_counter())
 
-    fit(net, train, test, config, on_epoch=on_epoch)
+    fit(run.net, train, test, run.config, on_epoch=on_epoch)
     seconds = [round(float(s), 2) for s in np.diff(marks)]
+    frozen_convs = params.model.frozen_convs
     log(f"train {args.row}, frozen_convs={frozen_convs}: "
         + ", ".join(f"{s:.1f}s" for s in seconds) + " per epoch")
-    return net, {"row": args.row, "labels": row["labels"], "frozen_convs": frozen_convs,
-                 "precision": args.train_precision, "train_rows": len(train),
-                 "test_rows": len(test), "in_memory": train.cache is not None,
+    return run, {"row": args.row, "labels": params.raw["labels"], "frozen_convs": frozen_convs,
+                 "precision": run.config.precision, "train_rows": len(train),
+                 "test_rows": len(test), "in_memory": "trunk" in train.cache,
                  "seconds_per_epoch": seconds}
 
 
-def fc8_epoch(ingested: Path, store_dir: Path, split_csv: Path, args: argparse.Namespace,
-              report: Report) -> None:
+def fc8_epoch(pipeline: Pipeline, args: argparse.Namespace, report: Report) -> None:
     """One ``frozen_convs: 8`` epoch on the images of the first ``--fc8-photos`` photos."""
-    import pandas as pd
-
-    store = ImageStore(store_dir)
+    store = ImageStore(pipeline.augmented)
     photos = store.index["image_id"].drop_duplicates().to_numpy()[:args.fc8_photos]
     rows = np.flatnonzero(store.index["image_id"].isin(photos).to_numpy())
-    split = pd.read_csv(split_csv).sort_values("index").iloc[rows]
-    is_test = split_test_mask(split["image_id"].to_numpy(), TEST_SIZE, seed=0)  # >= 1 each
-    sub_split = args.work / "split-fc8.csv"
-    split.assign(index=np.arange(len(rows)), subset=np.where(is_test, "test", "train")).to_csv(
-        sub_split, index=False)
-    features = args.work / "features-8"
+    params = bench_params(args, Path(pipeline.params.data.archive), 8, 1)
+    folder = args.work / "fc8"
+    folder.mkdir()
+    # the split stage on the subset's own index, rows renumbered: >= 1 test photo
+    store.index.iloc[rows][["image_id", "copy"]].assign(index=np.arange(len(rows))).to_csv(
+        folder / "index.csv", index=False)
+    split_index(folder / "index.csv", folder / "split.csv", params.split)
     with report.phase("featurize_fc8"):
-        stored = run_featurize(torch.utils.data.Subset(store, rows), features, 8, args)
+        stored = run_featurize(params, torch.utils.data.Subset(store, rows),
+                               folder / "features")
     with report.phase("train_fc8"):
-        _, trained = train_row(ingested, sub_split, features, 8, 1, args)
+        _, trained = train_row(params, pipeline.labels_csv, folder / "split.csv",
+                               folder / "features", args)
     epoch_s = trained["seconds_per_epoch"][0]
     full_gib = stored["bytes_per_image"] * len(store) / 2**30
     report.data["fc8"] = {
@@ -226,21 +254,19 @@ def fc8_epoch(ingested: Path, store_dir: Path, split_csv: Path, args: argparse.N
     }
 
 
-def search_latency(ingested: Path, split_csv: Path, net: torch.nn.Module, names: list[str],
-                   args: argparse.Namespace, report: Report) -> None:
-    """Index the ingested photos from the stored fc12 features, then time one-off queries."""
-    model, index_dir = args.work / "net.pt", args.work / "index"
-    save_net(net.cpu(), model, {"labels": names, "image_size": args.size, "weights": args.weights,
-                                "frozen_convs": 12, "hidden": HIDDEN, "dropout": DROPOUT})
+def search_latency(pipeline: Pipeline, run: Run, report: Report,
+                   args: argparse.Namespace) -> None:
+    """Index the ingested photos from the stored fc12 features (the index stage), then time
+    one-off queries."""
+    save_net(run.net.cpu(), pipeline.model, run.model_config)
     with report.phase("index"):
-        index = build_index_from_features(model, ingested, split_csv, args.work / "features-12",
-                                          index_dir, precision=args.precision)
+        index, _ = pipeline.index()
     times, top = [], []
     with report.phase("search"):
         for i in range(args.queries + 1):  # query 0 is the warm-up
             photo = index.file(i % len(index))
             start = time.perf_counter()
-            searcher = Searcher.open(index_dir, model)
+            searcher = Searcher.open(pipeline.index_dir, pipeline.model)
             opened = time.perf_counter()
             result = searcher.query(photo.read_bytes(), photo.name, top=10)
             done = time.perf_counter()
@@ -252,9 +278,10 @@ def search_latency(ingested: Path, split_csv: Path, net: torch.nn.Module, names:
         "one_off_ms_median": round(statistics.median(one_off), 1),
         "one_off_ms": [round(t, 1) for t in one_off], "first_one_off_ms": round(times[0][0], 1),
         "query_ms_median": round(statistics.median(query), 1), "top_results": top[1:],
-        "note": ("one-off: Searcher.open (index, network, frozen trunk) + query (decode, "
-                 "trunk, network, rank) in this process, after one warm-up; query: the "
-                 "query alone; on the CPU (Featurizer is CPU-only)"),
+        "note": ("one-off: Searcher.open (index, network, frozen part of the backbone) + query "
+                 "(decode, feature extractor, network, rank) in this process, after one "
+                 "warm-up; query: the query alone; on the CPU (the Predictor's feature "
+                 "extractor runs there)"),
     }
 
 
@@ -321,9 +348,7 @@ def run(args: argparse.Namespace) -> None:
     report = Report(args.out, device)
     report.data["weights"] = args.weights
     if args.weights == "random":  # a file, as model.weights: <file>: the query's fast path
-        state = load_vgg16("random").features.state_dict()
-        args.weights = str(args.work / "vgg16-random.pth")
-        torch.save({f"features.{k}": v for k, v in state.items()}, args.weights)
+        args.weights = str(benchkit.random_weights_file(args.work / "vgg16-random.pth"))
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         with report.phase("machine"):
@@ -340,16 +365,16 @@ def run(args: argparse.Namespace) -> None:
                     "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                     "tf32_cudnn": torch.backends.cudnn.allow_tf32}
         log(machine.markdown(report.data["machine"], report.data["roofline"]))
-        ingested, store_dir, split_csv = prepare_data(args, report)
+        pipeline = prepare_data(args, report)
         with report.phase("featurize_fc12"):
             report.data["featurize_fc12"] = run_featurize(
-                ImageStore(store_dir), args.work / "features-12", 12, args)
+                pipeline.params, ImageStore(pipeline.augmented), pipeline.features)
         with report.phase("train_fc12"):
-            net, report.data["train_fc12"] = train_row(
-                ingested, split_csv, args.work / "features-12", 12, args.epochs, args)
-        names = resolve_label_set(report.data["train_fc12"]["labels"])
-        fc8_epoch(ingested, store_dir, split_csv, args, report)
-        search_latency(ingested, split_csv, net, names, args, report)
+            trained, report.data["train_fc12"] = train_row(
+                pipeline.params, pipeline.labels_csv, pipeline.split_csv, pipeline.features,
+                args)
+        fc8_epoch(pipeline, args, report)
+        search_latency(pipeline, trained, report, args)
     report.data["seconds"]["total"] = round(time.perf_counter() - start, 2)
     report.data["peak_rss_gib"] = round(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)

@@ -109,10 +109,10 @@ def conv_gflop(first_conv: int, last_conv: int, image_size: int = 224) -> float:
 
     2 x multiply-adds of each 3x3 conv at its feature-map size; ReLU and pooling not counted.
     """
-    from fashiondvc.vgg import features
+    from fashiondvc.backbones import vgg16_layers
 
     total, size, conv = 0.0, image_size, 0
-    for layer in features():
+    for layer in vgg16_layers():
         if isinstance(layer, torch.nn.MaxPool2d):
             size //= 2
         elif isinstance(layer, torch.nn.Conv2d):

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/profile_trunk.py [--frozen-convs 13] [--batch 32]
 
-Profiles one batch of the trunk exactly as `featurize` prepares it (bf16 weights on CPUs with
-native bf16, channels_last) and writes ``bench/profile.md``: time per operator and input shape,
+Profiles one batch of the trunk (the feature extractor's frozen part, side features and colour
+histograms aside) exactly as `featurize` prepares it (bf16 weights on CPUs with native bf16,
+channels_last) and writes ``bench/profile.md``: time per operator and input shape,
 and for each convolution its FLOPs (2 x multiply-adds) and achieved GFLOP/s.
 """
 
@@ -20,8 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from fashiondvc.runtime import compute_dtype, prepare_trunk  # noqa: E402
-from fashiondvc.trunk import load_vgg16, split_vgg  # noqa: E402
+from fashiondvc.config import ExtractorConfig  # noqa: E402
+from fashiondvc.features import FeatureExtractor  # noqa: E402
 
 
 def conv_flops(shapes: list) -> float:
@@ -32,10 +33,10 @@ def conv_flops(shapes: list) -> float:
 
 def profile_trunk(frozen_convs: int, batch: int, precision: str) -> tuple[list[dict], float]:
     """Per (operator, input shape): calls, total ms, GFLOP/s for convs; and the total ms."""
-    device = torch.device("cpu")
-    dtype = compute_dtype(device, precision)
-    frozen, _ = split_vgg(load_vgg16("random"), frozen_convs)
-    model = prepare_trunk(frozen, device, dtype)
+    extractor = FeatureExtractor(ExtractorConfig(  # the frozen part as featurize prepares it
+        backbone="vgg16", weights="random", frozen=frozen_convs, image_size=224,
+        precision=precision), device="cpu")
+    model, dtype = extractor.part, extractor.dtype
     x = torch.randn(batch, 3, 224, 224).to(dtype=dtype, memory_format=torch.channels_last)
     with torch.inference_mode():
         model(x)

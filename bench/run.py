@@ -5,7 +5,8 @@
 Measured side by side in one run (see bench/README.md):
 
 1. frozen-trunk throughput: a bare PyTorch loop on random tensors vs. `featurize` on real
-   JPEGs (images/s), plus the trunk in fp32, under bf16 autocast and with bf16 weights;
+   JPEGs (images/s; it also computes the side and colour features beside the trunk's), plus
+   the trunk in fp32, under bf16 autocast and with bf16 weights;
 2. train + evaluate from stored features vs. the same epochs recomputing the frozen trunk for
    every batch, with ``frozen_convs`` 13 and 12, on a subset of the real photos;
 3. and 4. (``dvc exp run -S k=5`` after ``dvc repro``; peak memory per stage at full scale) are
@@ -22,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +37,21 @@ sys.path.insert(0, str(BENCH.parent))
 import machine as bench_machine  # noqa: E402
 import report  # noqa: E402
 
+from fashiondvc import backbones  # noqa: E402
 from fashiondvc.augment import augment_folder  # noqa: E402
+from fashiondvc.config import ExtractorConfig, ModelConfig, TrainConfig  # noqa: E402
 from fashiondvc.dataset import ingest, read_ingested  # noqa: E402
 from fashiondvc.evaluate import evaluate  # noqa: E402
-from fashiondvc.features import featurize
+from fashiondvc.features import FeatureExtractor, featurize  # noqa: E402
 from fashiondvc.labels import resolve_label_set  # noqa: E402
-from fashiondvc.net import build_net
-from fashiondvc.preprocess import normalize
-from fashiondvc.runtime import autocast, compute_dtype, prepare_trunk
-from fashiondvc.split import split_test_mask  # noqa: E402
+from fashiondvc.net import AttributeNet, build_net  # noqa: E402
+from fashiondvc.params import SplitParams  # noqa: E402
+from fashiondvc.preprocess import normalize  # noqa: E402
+from fashiondvc.rows import Batch, Splits, load_splits  # noqa: E402
+from fashiondvc.runtime import autocast  # noqa: E402
+from fashiondvc.split import split_index  # noqa: E402
 from fashiondvc.store import ImageStore  # noqa: E402
-from fashiondvc.train import Splits, TrainConfig, fit, load_splits  # noqa: E402
-from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
+from fashiondvc.train import fit  # noqa: E402
 
 IMAGE_SIZE = 224
 LABELS = "attrs20"
@@ -90,12 +95,9 @@ def build_subset(archive: Path, work: Path, photos: int) -> tuple[Path, Path, Pa
     if not (ingested / "labels.csv").exists():
         ingest(archive, ingested)
     ids = read_ingested(ingested)["image_id"].to_numpy()[:photos]
-    index = augment_folder(ingested / "images", ids, store_dir, copies=10, size=IMAGE_SIZE,
-                           seed=0)
-    is_test = split_test_mask(index["image_id"].to_numpy(), 0.33, seed=0)
-    split = index[["index", "image_id", "copy"]].assign(
-        subset=np.where(is_test, "test", "train"))
-    split.to_csv(split_csv, index=False)
+    augment_folder(ingested / "images", ids, store_dir, copies=10, size=IMAGE_SIZE, seed=0)
+    split_index(store_dir / "index.csv", split_csv, SplitParams(
+        test_size=0.33, val_size=0.0, group_by_source=True, seed=0))  # the split stage
     return ingested, store_dir, split_csv
 
 
@@ -112,9 +114,15 @@ class Head:
         return self.store[i]
 
 
+def extractor_config(frozen_convs: int, precision: str) -> ExtractorConfig:
+    """The feature extractor measured: VGG-16's first ``frozen_convs`` convs, random weights."""
+    return ExtractorConfig(backbone="vgg16", weights="random", frozen=frozen_convs,
+                           image_size=IMAGE_SIZE, precision=precision)
+
+
 def trunk(frozen_convs: int) -> nn.Sequential:
-    frozen, _ = split_vgg(load_vgg16("random"), frozen_convs)
-    return frozen
+    """The frozen part, in fp32 on the CPU, not prepared."""
+    return backbones.frozen_part(backbones.get("vgg16"), "random", frozen_convs)
 
 
 # --------------------------------------------------------------------------- 1. throughput
@@ -122,10 +130,10 @@ def trunk(frozen_convs: int) -> nn.Sequential:
 
 @torch.inference_mode()
 def bare_loop(frozen_convs: int, n: int, batch: int, precision: str) -> float:
-    """Images/s of the trunk, prepared as `featurize` prepares it, on random tensors."""
-    device = torch.device("cpu")
-    dtype = compute_dtype(device, precision)
-    model = prepare_trunk(trunk(frozen_convs), device, dtype)
+    """Images/s of the trunk, prepared as `featurize` prepares it (the feature extractor's
+    frozen part), on random tensors."""
+    extractor = FeatureExtractor(extractor_config(frozen_convs, precision), device="cpu")
+    model, dtype = extractor.part, extractor.dtype
     x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE).to(
         dtype=dtype, memory_format=torch.channels_last)
     model(x[:2])  # warm-up: oneDNN primitive creation
@@ -157,12 +165,11 @@ def trunk_variant(frozen_convs: int, n: int, batch: int, variant: str) -> float:
 
 def featurize_speed(store, frozen_convs: int, out: Path, *, batch: int, workers: int,
                     precision: str) -> float:
-    """Images/s of the featurize function (JPEG decode in workers, write to disk)."""
-    model = trunk(frozen_convs)
-    out.mkdir(parents=True, exist_ok=True)
+    """Images/s of the featurize function (JPEG decode in workers, every feature kind, write
+    to disk), the extractor built first."""
+    extractor = FeatureExtractor(extractor_config(frozen_convs, precision), device="cpu")
     start = time.perf_counter()
-    featurize(store, model, out, feature_shape=feature_shape(frozen_convs, IMAGE_SIZE),
-              batch_size=batch, workers=workers, precision=precision, device="cpu")
+    featurize(store, extractor, out, batch_size=batch, workers=workers)
     return len(store) / (time.perf_counter() - start)
 
 
@@ -198,23 +205,39 @@ def throughput(store, work: Path, args: argparse.Namespace) -> dict:
 
 
 class RecomputeNet(nn.Module):
-    """The frozen trunk run on every batch (no gradients, featurize precision), then ``net``."""
+    """The frozen part run on every batch (no gradients, featurize precision), then ``net``.
 
-    def __init__(self, frozen: nn.Module, net: nn.Module, dtype: torch.dtype):
+    Takes the batches of `ImageSet` (``trunk`` holds the normalised images) where ``net``
+    takes stored features; `fit`, `predict` and `evaluate` call it as they call ``net``.
+    """
+
+    def __init__(self, extractor: FeatureExtractor, net: AttributeNet):
         super().__init__()
-        self.frozen, self.net, self.dtype = frozen, net, dtype
+        self.frozen, self.net, self.dtype = extractor.part, net, extractor.dtype
+        self.label_pca = net.label_pca  # read by the loss
 
-    def forward(self, x: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+    def stored(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the featurize stage would have stored for these images, as float32."""
         with torch.no_grad():
-            features = self.frozen(x.to(dtype=self.dtype, memory_format=torch.channels_last))
-        return self.net(features.float())
+            x = features["trunk"].to(dtype=self.dtype, memory_format=torch.channels_last)
+            return {"trunk": self.frozen(x).float()}
+
+    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net.embed(self.stored(features))
+
+    def out(self, embedded: torch.Tensor) -> torch.Tensor:
+        return self.net.out(embedded)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(self.stored(features))
 
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         return self.net.probabilities(outputs)
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Like `fashiondvc.train.FeatureSet`, but yields normalised images decoded per batch."""
+    """Like `fashiondvc.rows.FeatureSet`, but its batches hold normalised images decoded per
+    batch (as ``trunk``) for `RecomputeNet`."""
 
     def __init__(self, store, rows: np.ndarray, targets: np.ndarray, mask: np.ndarray):
         self.store, self.rows = store, np.asarray(rows)
@@ -224,26 +247,33 @@ class ImageSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+    def __getitems__(self, items: list[int]) -> Batch:
         items = np.asarray(items)
         images = np.stack([self.store[int(self.rows[i])] for i in items])
-        x = normalize(torch.from_numpy(images))
-        return x, torch.zeros(len(items), 0), self.targets[items], self.mask[items]
+        index = torch.from_numpy(items)
+        return Batch({"trunk": normalize(torch.from_numpy(images))}, self.targets[index],
+                     self.mask[index])
 
 
+@dataclass
 class ImageSplits(Splits):
-    """`Splits` whose subsets recompute from images (``features`` holds the store)."""
+    """`Splits` whose subsets recompute from the images of ``store``."""
+
+    store: object = None
 
     def subset(self, rows: np.ndarray) -> ImageSet:
-        return ImageSet(self.features, rows, self.targets, self.mask)
+        return ImageSet(self.store, rows, self.targets, self.mask)
 
 
-def train_and_evaluate(net: nn.Module, data: Splits, names: list[str], epochs: int) -> float:
-    """Seconds for `fit` (``epochs``) plus `evaluate`, as the train and evaluate stages do."""
-    config = TrainConfig(k=3, lr=1e-7, epochs=epochs, batch_size=64, device="cpu")
+def train_and_evaluate(net: nn.Module, data: Splits, model_config: ModelConfig) -> float:
+    """Seconds for `fit` (``model_config.train``) plus `evaluate`, as the train and evaluate
+    stages do."""
     start = time.perf_counter()
-    fit(net, data.subset(data.train_rows), data.subset(data.test_rows), config)
-    evaluate(net, data, names, config, batch_size=64)
+    fit(net, data.subset(data.train_rows), data.subset(data.test_rows), model_config.train)
+    evaluate(net, data, model_config, batch_size=64)
     return time.perf_counter() - start
 
 
@@ -252,22 +282,21 @@ def stored_vs_recompute(ingested: Path, store, split_csv: Path, work: Path, froz
     """Item 2 for one ``frozen_convs``: train + evaluate from stored features vs. recomputing."""
     names = resolve_label_set(LABELS)
     features = work / f"features-{frozen_convs}"
-    features.mkdir(parents=True, exist_ok=True)
     featurize_ips = featurize_speed(store, frozen_convs, features, batch=args.batch,
                                     workers=args.workers, precision=args.precision)
     stored = load_splits(ingested / "labels.csv", split_csv, features, names)
+    config = TrainConfig(k=3, lr=1e-7, epochs=args.epochs, batch_size=64, device="cpu")
+    model_config = ModelConfig(labels=tuple(names), extractor=stored.stored.config,
+                               input_shapes={"trunk": stored.stored.shapes["trunk"]},
+                               train=config, head="flatten", hidden=256, dropout=0.5)
 
-    def fresh_net() -> nn.Module:
-        return build_net("random", frozen_convs, IMAGE_SIZE, 256, len(names), 0.5, seed=0)
-
-    stored_s = train_and_evaluate(fresh_net(), stored, names, args.epochs)
+    stored_s = train_and_evaluate(build_net(model_config, seed=0), stored, model_config)
     print(f"  frozen_convs={frozen_convs}: stored {stored_s:.1f}s (load {load()})", flush=True)
-    dtype = compute_dtype(torch.device("cpu"), args.precision)
-    recompute = RecomputeNet(prepare_trunk(trunk(frozen_convs), torch.device("cpu"), dtype),
-                             fresh_net(), dtype)
-    images = ImageSplits(store, stored.targets, stored.mask, stored.train_rows,
-                         stored.test_rows)
-    recompute_s = train_and_evaluate(recompute, images, names, args.epochs)
+    extractor = FeatureExtractor(stored.stored.config, device="cpu")  # the one that featurized
+    recompute = RecomputeNet(extractor, build_net(model_config, seed=0))
+    images = ImageSplits(stored.arrays, stored.targets, stored.mask, stored.train_rows,
+                         stored.test_rows, store=store)
+    recompute_s = train_and_evaluate(recompute, images, model_config)
     print(f"  frozen_convs={frozen_convs}: recompute {recompute_s:.1f}s (load {load()})",
           flush=True)
     shutil.rmtree(features, ignore_errors=True)

@@ -36,22 +36,26 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fashiondvc.index import Featurizer, SearchIndex
+from fashiondvc.config import ExtractorConfig, ModelConfig, TrainConfig
+from fashiondvc.features import FeatureExtractor
+from fashiondvc.index import SearchIndex
 from fashiondvc.labels import LABEL_SETS
 from fashiondvc.net import build_net
+from fashiondvc.predictor import Predictor
 from fashiondvc.retrieval import l2_normalize
 from fashiondvc.runtime import cpu_supports_bf16
 from fashiondvc.sample import draw_photo
 from fashiondvc.search import Searcher, rank
-from fashiondvc.trunk import load_vgg16, split_vgg
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+import benchkit  # noqa: E402
 import machine  # noqa: E402
 
 RESULTS = BENCH / "search_results.md"
@@ -66,6 +70,17 @@ def synthetic_index(n: int, hidden: int, labels: list[str], seed: int = 0) -> Se
         hashes=[f"{i:064x}" for i in range(n)], labels=labels,
         probs=rng.random((n, len(labels)), dtype=np.float32),
         embeddings=l2_normalize(rng.normal(size=(n, hidden))), threshold=0.5)
+
+
+def model_config(weights: str, image_size: int, hidden: int, precision: str) -> ModelConfig:
+    """The paper's network for attrs20 on VGG-16 with ``weights``, ``frozen_convs`` 12; queries
+    run the frozen part in ``precision`` (``featurize.precision``)."""
+    extractor = ExtractorConfig(backbone="vgg16", weights=weights, frozen=12,
+                                image_size=image_size, precision=precision)
+    return ModelConfig(labels=LABEL_SETS["attrs20"], extractor=extractor,
+                       input_shapes={"trunk": FeatureExtractor(extractor).shapes()["trunk"]},
+                       train=TrainConfig(k=3, lr=1e-7, epochs=10, batch_size=64),
+                       head="flatten", hidden=hidden, dropout=0.5)
 
 
 def median_ms(action, queries: int, warmup: int = 3) -> tuple[float, float]:
@@ -107,16 +122,11 @@ def query_fixture(work: Path, args: argparse.Namespace) -> tuple[Path, Path, Pat
         photos = sample / "images"
     weights = args.weights
     if not weights.exists():
-        weights = work / "vgg16.pth"
-        state = load_vgg16("random").features.state_dict()
-        torch.save({f"features.{k}": v for k, v in state.items()}, weights)
-    labels = list(LABEL_SETS["attrs20"])
-    net = build_net(str(weights), 12, 224, 256, len(labels), 0.5, seed=0)
-    save_net(net, work / "net.pt", {"labels": labels, "image_size": 224,
-                                    "weights": str(weights.resolve()), "frozen_convs": 12,
-                                    "hidden": 256, "dropout": 0.5})
+        weights = benchkit.random_weights_file(work / "vgg16.pth")
     precision = "bf16" if cpu_supports_bf16() else "fp32"
-    build_index(work / "net.pt", photos, work / "index", precision=precision)
+    config = model_config(str(weights.resolve()), 224, 256, precision)
+    save_net(build_net(config, seed=0), work / "net.pt", config)
+    build_index(work / "net.pt", photos, work / "index")
     return work / "index", work / "net.pt", sorted(photos.glob("*.jpg"))[0]
 
 
@@ -194,10 +204,8 @@ def ranking_lines(args: argparse.Namespace, roofline: dict | None) -> list[str]:
     where_ms = median_ms(lambda i: rank(index, queries[i], top=10,
                                         where=["black", "pattern_solid"]), args.queries)
 
-    net = build_net("random", 12, args.image_size, args.hidden, len(labels), 0.5, seed=0)
-    frozen, _ = split_vgg(load_vgg16("random"), 12)
-    config = {"labels": labels, "image_size": args.image_size, "weights": "random",
-              "frozen_convs": 12, "hidden": args.hidden, "dropout": 0.5}
+    config = model_config("random", args.image_size, args.hidden, "fp32")
+    net = build_net(config, seed=0)
     photos = []
     for i in range(8):
         buffer = io.BytesIO()
@@ -206,7 +214,8 @@ def ranking_lines(args: argparse.Namespace, roofline: dict | None) -> list[str]:
         photos.append(buffer.getvalue())
     end_ms = {}
     for precision in ("fp32", "bf16"):
-        searcher = Searcher(index, Featurizer(net, config, frozen, precision=precision))
+        extractor = replace(config.extractor, precision=precision)
+        searcher = Searcher(index, Predictor(net, replace(config, extractor=extractor)))
         end_ms[precision] = median_ms(
             lambda i, s=searcher: s.query(photos[i % len(photos)], "q.jpg", top=10), args.queries)
 

@@ -24,7 +24,8 @@ BENCH = Path(__file__).resolve().parent
 
 COMMANDS = {
     "featurize": ["stages/featurize.py", "data/augmented", "{out}/features"],
-    "index": ["stages/index.py", "models/net.pt", "data/ingested", "{out}/index"],
+    "index": ["stages/index.py", "models/net.pt", "data/ingested", "data/split.csv",
+              "data/features", "{out}/index"],
     "train": ["stages/train.py", "data/ingested/labels.csv", "data/split.csv", "data/features",
               "{out}/net.pt", "{out}/history.csv"],
 }

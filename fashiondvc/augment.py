@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, write_csv
 from fashiondvc.preprocess import encode_jpeg, load_rgb, resize
 from fashiondvc.progress import progress
@@ -76,10 +75,6 @@ def augment_folder(images_dir: str | os.PathLike, image_ids: Sequence[int],
     DataFrame
         The store's index.
     """
-    if copies < 0:
-        raise FashionError(f"augment.copies: must be >= 0, got {copies}")
-    if size < 32:
-        raise FashionError(f"augment.image_size: must be >= 32, got {size}")
     images_dir = Path(images_dir)
     jobs = [(images_dir / f"{int(i):06d}.jpg", int(i), copies, size, seed) for i in image_ids]
     workers = workers or os.cpu_count() or 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,9 +91,8 @@ class Backbone:
         return len(self.unit_ends)
 
     def cut(self, frozen: int) -> int:
-        """Index in the conv part where the trainable rest starts, for ``frozen`` units."""
-        if not 0 <= frozen <= self.units:
-            raise FashionError(f"{self.name}: {frozen} frozen units, it has 0..{self.units}")
+        """Index in the conv part where the trainable rest starts, for ``frozen`` units
+        (0..`units`, validated by `fashiondvc.params`)."""
         return self.unit_ends[frozen - 1] if frozen else 0
 
     def torchvision_model(self, device: str | None = None) -> nn.Module:
@@ -205,7 +205,10 @@ def read_weights(path: str | os.PathLike) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 -- pickle refusals, corrupt zips, bad magic
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            if "weights_only" in reason or "Unsupported global" in reason:
+            # torch's refusal (an UnpicklingError; for a torch.save zip its first line is
+            # "Weights only load failed. ..." with terminal escapes, naming no weights_only)
+            if isinstance(exc, pickle.UnpicklingError) or "weights_only" in reason or (
+                    "Unsupported global" in reason):
                 reason = "it holds pickled objects other than tensors, which could run code"
     raise FashionError(f"{path}: not a weights-only state_dict, refused to load it ({reason})")
 

@@ -103,14 +103,13 @@ def _track(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from fashiondvc import mlmodel
-    from fashiondvc.params import load_params
     from fashiondvc.tracking import relog
 
     def log_model(run) -> None:
         if args.no_model:
             return
         dataset = json.loads(Path(args.manifest).read_text())["archive_sha256"]
-        mlmodel.log_model(run, args.model, load_params()["featurize"]["precision"], dataset)
+        mlmodel.log_model(run, args.model, dataset)
 
     if relog(args.metrics, args.model, args.manifest, log_model) is None:
         raise FashionError("MLflow tracking failed (see the warning above)")

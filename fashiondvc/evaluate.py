@@ -118,7 +118,8 @@ def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.Pa
 
     out = Path(out_dir)
     net, config = load_net(model_path)
-    data = load_splits(labels_csv, split_csv, features_dir, config.labels, config.inputs)
+    data = load_splits(labels_csv, split_csv, features_dir, config.labels, config.inputs,
+                       extractor=config.extractor)
     result = evaluate(net, data, config, threshold=params.evaluate.threshold,
                       thresholds=params.evaluate.thresholds)
     manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())

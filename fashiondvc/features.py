@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fashiondvc import backbones
+from fashiondvc import backbones, choices
 from fashiondvc.config import ExtractorConfig
 from fashiondvc.errors import FashionError
 from fashiondvc.preprocess import model_input, normalize
@@ -79,8 +79,8 @@ def colour_histograms(images: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Every feature the extractor returns, in storage order (`fashiondvc.choices.FEATURE_KINDS`).
-FEATURE_KINDS = ("trunk", "side", "colour")
+#: Every feature the extractor returns, in storage order (``model.inputs`` picks among them).
+FEATURE_KINDS = choices.FEATURE_KINDS
 
 
 class FeatureExtractor:

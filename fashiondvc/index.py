@@ -150,8 +150,6 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     counts : dict
         ``computed``, ``reused`` and ``skipped`` photo counts.
     """
-    if batch_size < 1:
-        raise FashionError(f"batch_size: must be >= 1, got {batch_size}")
     images_dir = Path(images_dir)
     files = collection_files(images_dir)
     model_sha = sha256_file(model_path)
@@ -225,7 +223,7 @@ def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str |
     net, config = load_net(model_path)
     images = Path(ingested_dir) / "images"
     data = load_splits(Path(ingested_dir) / "labels.csv", split_csv, features_dir,
-                       config.labels, config.inputs)
+                       config.labels, config.inputs, extractor=config.extractor)
     split = pd.read_csv(split_csv).sort_values("index")
     rows = np.flatnonzero(split["copy"].to_numpy() == 0)
     paths = [f"{int(i):06d}.jpg" for i in split["image_id"].to_numpy()[rows]]

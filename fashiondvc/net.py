@@ -95,10 +95,7 @@ class AttributeNet(nn.Module):
             conv_out = self.convs.eval()(torch.zeros(1, *self.input_shapes["trunk"]))
         self.convs.train()
         channels = conv_out.shape[1]
-        width = {"flatten": conv_out.numel(), "gap": channels,
-                 "multiscale": 2 * channels}.get(head)
-        if width is None:
-            raise FashionError(f"model.head: unknown head {head!r}")
+        width = {"flatten": conv_out.numel(), "gap": channels, "multiscale": 2 * channels}[head]
         vectors = [name for name in self.input_shapes if name != "trunk"]
         width += sum(int(np.prod(self.input_shapes[name])) for name in vectors)
         self.vectors = tuple(vectors)

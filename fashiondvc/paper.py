@@ -46,7 +46,8 @@ def paper_table() -> pd.DataFrame:
 #: asymmetric loss and per-label frequency weights over plain weighted BCE), with the best epoch
 #: by validation mAP and per-label thresholds tuned on validation. Queued by
 #: ``fashiondvc paper queue --beyond`` as ``beyond-<labels>``.
-RECIPE = ("model.frozen_convs=13", "model.head=multiscale", "train.loss=asl", "train.gamma=4",
+RECIPE = ("model.frozen_convs=13", "model.head=multiscale", "model.inputs=[trunk,side]",
+          "train.loss=asl", "train.gamma=4",
           "train.pos_weight=frequency", "k=1", "lr=0.001", "train.epochs=20",
           "split.val_size=0.15", "train.select=best", "evaluate.thresholds=tuned")
 BEYOND: dict[str, tuple[str, ...]] = {"attrs20": RECIPE, "colors11": RECIPE}
@@ -138,8 +139,9 @@ def compare(results: pd.DataFrame) -> pd.DataFrame:
 #: Our further columns: test micro-F1, mAP, and the label-frequency predictor's.
 EXTRA = ("f1_micro", "accuracy_labelwise", "map", "baseline_f1_micro", "baseline_map")
 #: Settings that tell variants and recipes apart, shown beside them.
-RECIPE_KEYS = ("labels", "k", "lr", "model.frozen_convs", "split.group_by_source",
-               "split.val_size", "model.head", "train.loss", "train.pos_weight",
+RECIPE_KEYS = ("labels", "k", "lr", "model.backbone", "model.frozen_convs",
+               "split.group_by_source", "split.val_size", "model.head", "model.inputs",
+               "train.loss", "train.pos_weight",
                "train.label_pca", "train.select", "train.epochs", "evaluate.thresholds")
 
 

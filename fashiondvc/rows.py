@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fashiondvc import distributed
+from fashiondvc.config import ExtractorConfig
 from fashiondvc.errors import FashionError
 from fashiondvc.features import RAM_BUDGET_BYTES, StoredFeatures, read_rows
 from fashiondvc.progress import progress
@@ -101,19 +102,26 @@ class Splits:
 
 def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
                 features_dir: str | os.PathLike, names: Sequence[str],
-                inputs: Sequence[str] = ("trunk",)) -> Splits:
+                inputs: Sequence[str] = ("trunk",), *,
+                extractor: ExtractorConfig | None = None) -> Splits:
     """Join the ingested labels, the split and the stored features ``inputs``, row by row.
+
+    With ``extractor`` (a trained model's), the features must have been made by it.
 
     Raises
     ------
     FashionError
-        If the features do not match the split row for row, or are missing or truncated.
+        If the features do not match the split row for row, are missing or truncated, or were
+        made by another extractor than ``extractor``.
     """
     import pandas as pd
 
     from fashiondvc.labels import targets_for
 
     stored = StoredFeatures(features_dir)
+    if extractor is not None and stored.config != extractor:
+        raise FashionError(f"{features_dir}: made by {stored.config}, but the model takes "
+                           f"features of {extractor}; rerun featurize and train")
     labels = pd.read_csv(labels_csv)
     split = pd.read_csv(split_csv).sort_values("index")
     if stored.n_images != len(split):

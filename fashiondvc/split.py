@@ -30,8 +30,6 @@ def split_test_mask(source_ids: np.ndarray, test_size: float, *, group_by_source
     seed : int
         Random seed.
     """
-    if not 0 < test_size < 1:
-        raise FashionError(f"split.test_size: must be in (0, 1), got {test_size}")
     source_ids = np.asarray(source_ids)
     n_groups = len(np.unique(source_ids)) if group_by_source else len(source_ids)
     if n_groups < 2:

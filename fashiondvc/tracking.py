@@ -508,7 +508,7 @@ def relog(metrics_dir: str | os.PathLike = "metrics", model_path: str | os.PathL
 
     from fashiondvc.errors import FashionError
     from fashiondvc.io import sha256_file
-    from fashiondvc.params import flatten, load_params
+    from fashiondvc.params import load_params
 
     folder = Path(metrics_dir)
     needed = [folder / "metrics.json", folder / "history.csv", Path(model_path), Path(manifest)]
@@ -525,7 +525,7 @@ def relog(metrics_dir: str | os.PathLike = "metrics", model_path: str | os.PathL
               f"{ui_address(tracking_uri(), exp_id, done[0].info.run_id)}")
         return done[0].info.run_id
     return log_evaluation(
-        flatten(load_params()), pd.read_csv(folder / "history.csv").to_dict("records"),
+        load_params().flat(), pd.read_csv(folder / "history.csv").to_dict("records"),
         json.loads((folder / "metrics.json").read_text()), stage_artifacts(folder),
         json.loads(Path(manifest).read_text())["archive_sha256"], model_path, log_model,
         replace=True)

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader
 
 from fashiondvc import distributed, losses, metrics
 from fashiondvc.config import ModelConfig, TrainConfig
-from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path
 from fashiondvc.net import LabelPCA, build_net, save_net
 from fashiondvc.params import Params
@@ -106,8 +105,6 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
     Under torchrun each rank trains on its share of every batch (`fashiondvc.distributed`);
     only rank 0 saves the checkpoint and calls ``on_epoch``.
     """
-    if config.select == "best" and val_set is None:
-        raise FashionError("train.select: 'best' needs validation rows (split.val_size > 0)")
     device = distributed.setup(resolve_device(config.device), config.batch_size)
     torch.manual_seed(config.seed)
     net.to(device)

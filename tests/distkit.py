@@ -13,13 +13,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from fashiondvc import distributed
+from fashiondvc.config import TrainConfig
 from fashiondvc.net import AttributeNet
-from fashiondvc.train import FeatureSet, TrainConfig, fit
+from fashiondvc.rows import FeatureSet
+from fashiondvc.train import fit
 
 N_TRAIN = 64  # a multiple of the global batch: no padded rows, every batch splits evenly
 
@@ -30,15 +33,16 @@ def toy_sets() -> tuple[FeatureSet, FeatureSet]:
     features = rng.normal(size=(N_TRAIN + 32, 8, 2, 2)).astype(np.float32)
     targets = (features[:, :3, 0, 0] > 0).astype(np.float32)
     mask = rng.random(targets.shape) > 0.1
-    return (FeatureSet(features, np.arange(N_TRAIN), targets, mask),
-            FeatureSet(features, np.arange(N_TRAIN, N_TRAIN + 32), targets, mask))
+    arrays = {"trunk": features}
+    return (FeatureSet(arrays, np.arange(N_TRAIN), targets, mask),
+            FeatureSet(arrays, np.arange(N_TRAIN, N_TRAIN + 32), targets, mask))
 
 
 def toy_net(dropout: float) -> AttributeNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AttributeNet(torch.nn.Sequential(), (8, 2, 2), hidden=16, n_labels=3,
-                            dropout=dropout)
+        return AttributeNet(torch.nn.Sequential(), {"trunk": (8, 2, 2)}, hidden=16,
+                            n_labels=3, dropout=dropout)
 
 
 def config(epochs: int = 4) -> TrainConfig:
@@ -46,6 +50,11 @@ def config(epochs: int = 4) -> TrainConfig:
     # would hide gradients summed instead of averaged over the ranks
     return TrainConfig(k=2, lr=0.05, epochs=epochs, batch_size=16, optimizer="sgd",
                        device="cpu")
+
+
+def launch_settings(devices: int) -> SimpleNamespace:
+    """The ``train`` parameters `distributed.launch` reads (`fashiondvc.params.TrainParams`)."""
+    return SimpleNamespace(devices=devices, device="cpu", batch_size=config().batch_size)
 
 
 def train(out: Path, dropout: float, pause: float = 0.0) -> tuple[list[dict], dict]:
@@ -64,7 +73,7 @@ def train(out: Path, dropout: float, pause: float = 0.0) -> tuple[list[dict], di
 def main() -> None:
     out, devices, dropout = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    distributed.launch({"devices": devices, "device": "cpu", "batch_size": config().batch_size})
+    distributed.launch(launch_settings(devices))
     history, state = train(out, dropout, pause)
     if distributed.is_main():
         torch.save({"history": history, "state": state,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from fashiondvc.config import ExtractorConfig, ModelConfig, TrainConfig
+from fashiondvc.features import FeatureExtractor
 from fashiondvc.index import SearchIndex, build_index
 from fashiondvc.labels import LABEL_SETS
 from fashiondvc.net import build_net, save_net
@@ -14,8 +17,25 @@ from fashiondvc.sample import make_sample_archive
 
 N_PHOTOS = 24
 LABELS = list(LABEL_SETS["colors11"])
-CONFIG = {"labels": LABELS, "image_size": 32, "weights": "random", "frozen_convs": 13,
-          "hidden": 16, "dropout": 0.5}
+HIDDEN = 16
+EXTRACTOR = ExtractorConfig(backbone="vgg16", weights="random", frozen=13, image_size=32,
+                            precision="fp32")
+
+
+@cache
+def _trunk_shape(extractor: ExtractorConfig) -> tuple[int, ...]:
+    return FeatureExtractor(extractor).shapes()["trunk"]
+
+
+def model_config(**extractor: object) -> ModelConfig:
+    """The tiny network's config: VGG-16 random weights at 32 px, a 16-unit flatten head;
+    ``extractor`` overrides `EXTRACTOR`'s fields (e.g. ``weights``, ``precision``)."""
+    ex = replace(EXTRACTOR, **extractor)
+    return ModelConfig(labels=tuple(LABELS), extractor=ex,
+                       input_shapes={"trunk": _trunk_shape(
+                           replace(ex, weights="random", precision="fp32"))},
+                       train=TrainConfig(k=2, lr=0.003, epochs=1, batch_size=16),
+                       head="flatten", hidden=HIDDEN, dropout=0.5)
 
 
 @dataclass
@@ -26,10 +46,11 @@ class Collection:
     index: SearchIndex
 
 
-def save_tiny_net(path: Path, seed: int = 0) -> Path:
-    """A random-weights network at 32 px, saved like the train stage saves one."""
-    net = build_net("random", 13, 32, CONFIG["hidden"], len(LABELS), 0.5, seed=seed)
-    save_net(net, path, CONFIG)
+def save_tiny_net(path: Path, seed: int = 0, **extractor: object) -> Path:
+    """A random-weights network at 32 px, saved like the train stage saves one;
+    ``extractor`` as for `model_config`."""
+    config = model_config(**extractor)
+    save_net(build_net(config, seed=seed), path, config)
     return path
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashiondvc.augment import augment_folder
+from fashiondvc.augment import augment_folder, augment_ingested
 from fashiondvc.dataset import ingest
 from fashiondvc.store import ImageStore
 
@@ -50,3 +50,19 @@ def test_copies_differ_from_the_original_and_seed_matters(ingested, tmp_path):
     assert not np.array_equal(a[0], a[1])
     np.testing.assert_array_equal(a[0], b[0])  # copy 0 is the plain resize
     assert not np.array_equal(a[1], b[1])
+
+
+def test_augment_stage_takes_every_ingested_photo_with_its_params(ingested, tmp_path):
+    """`augment_ingested`, the augment stage: augment_folder over every ingested photo."""
+    from fashiondvc.params import AugmentParams
+
+    params = AugmentParams(copies=1, image_size=40, seed=1, workers=1)
+    index = augment_ingested(ingested, tmp_path / "stage", params)
+    ids = pd.read_csv(ingested / "labels.csv")["image_id"]
+    assert len(index) == 2 * len(ids) == len(ImageStore(tmp_path / "stage"))
+    assert sorted(set(index["image_id"])) == sorted(ids)
+    direct = augment_folder(ingested / "images", ids, tmp_path / "direct", copies=1, size=40,
+                            seed=1, workers=1)
+    pd.testing.assert_frame_equal(index, direct)
+    for name in ("index.csv", "shard-00000.bin"):
+        assert (tmp_path / "stage" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes()

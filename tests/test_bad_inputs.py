@@ -39,12 +39,14 @@ from faultkit import (
 )
 from PIL import Image
 
+from fashiondvc import backbones
+from fashiondvc.config import TrainConfig
 from fashiondvc.dataset import download
 from fashiondvc.errors import FashionError
 from fashiondvc.net import load_net
 from fashiondvc.preprocess import load_rgb
-from fashiondvc.train import FeatureSet, TrainConfig, fit
-from fashiondvc.trunk import check_state_file, vgg16_shapes
+from fashiondvc.rows import FeatureSet
+from fashiondvc.train import fit
 
 OUT = Path("data/ingested")
 
@@ -329,7 +331,9 @@ def test_greyscale_cmyk_16bit_palette_and_rotated_photos_are_converted(tmp_path,
     ("data.on_corrupt", "ignore"), ("data.archive", ""), ("train.epochs", 0),
     ("train.optimizer", "rmsprop"), ("featurize.precision", "int8"),
     ("evaluate.threshold", 1), ("train.seed", -1), ("search.top", 0),
-    ("train.epoch", 5), ("augment.size", 64),
+    ("train.epoch", 5), ("augment.size", 64), ("model.backbone", "vgg19"),
+    ("model.inputs", ["side"]), ("model.inputs", ["trunk", "edges"]), ("model.head", "mlp"),
+    ("model.weights", "missing-weights.pth"),
 ])
 def test_bad_parameter_stops_before_any_work(tmp_path, sample_zip, param, value):
     """Every stage validates all of params.yaml first: even ingest refuses a bad ``lr``."""
@@ -368,26 +372,61 @@ def test_missing_input_of_a_later_stage(tmp_path, sample_zip):
 
 def vgg16_state(**changes: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """A features-only VGG-16 state_dict of zeros, with some shapes changed."""
-    return {key: torch.zeros(changes.get(key, shape)) for key, shape in vgg16_shapes().items()
-            if key.startswith("features.")}
+    shapes = {f"features.{key}": tuple(value.shape)
+              for key, value in backbones.vgg16_layers().state_dict().items()}
+    return {key: torch.zeros(changes.get(key, shape)) for key, shape in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def augmented(tmp_path_factory, sample_zip) -> Path:
+    """The sample ingested and augmented (FAST_PARAMS): what the featurize stage reads."""
+    work = workdir(tmp_path_factory.mktemp("augmented"), sample_zip)
+    assert run_stage("ingest", OUT, cwd=work).code == 0
+    assert run_stage("augment", OUT, "data/augmented", cwd=work).code == 0
+    return work / "data" / "augmented"
+
+
+def featurize_fails(tmp_path: Path, augmented: Path, weights: Path, *names: str) -> str:
+    """Run the featurize stage (the first to read the weights' tensors) with ``weights``;
+    assert a clean failure naming the file and ``names``, and no features left behind."""
+    work = workdir(tmp_path / "work", tmp_path / "unused.zip", **{"model.weights": str(weights)})
+    (work / "data").mkdir()
+    (work / "data" / "augmented").symlink_to(augmented)
+    result = run_stage("featurize", "data/augmented", "data/features", cwd=work)
+    return assert_user_error(result, str(weights), *names, absent=(work / "data" / "features",))
 
 
 @pytest.mark.parametrize("state, named", [
-    ({"conv1.weight": torch.zeros(64, 3, 7, 7)}, "missing key 'features.0.weight'"),
+    ({"conv1.weight": torch.zeros(64, 3, 7, 7)},
+     "not a vgg16 state_dict: missing key 'features.0.weight'"),
     (vgg16_state(**{"features.12.weight": (256, 128, 3, 3)}),
-     "'features.12.weight' has shape (256, 128, 3, 3), expected (256, 256, 3, 3)"),
-    ({**vgg16_state(), "features.1.running_mean": torch.zeros(64)},
-     "unexpected key 'features.1.running_mean'"),
-    ({**vgg16_state(), "classifier.6.weight": torch.zeros(10, 4096)},
-     "'classifier.6.weight' has shape (10, 4096)"),
-    ({**vgg16_state(), "features.0.weight": [1, 2]}, "'features.0.weight' is a list"),
+     "not a vgg16 state_dict: 'features.12.weight' has shape (256, 128, 3, 3), "
+     "expected (256, 256, 3, 3)"),
+    ({**vgg16_state(), "features.0.weight": [1, 2]},
+     "not a vgg16 state_dict: 'features.0.weight' is a list, not a tensor"),
     ([torch.zeros(3)], "expected a state_dict, got list"),
 ])
-def test_weights_file_of_the_wrong_architecture(tmp_path, sample_zip, state, named):
+def test_weights_file_of_the_wrong_architecture(tmp_path, augmented, state, named):
+    """``model.weights`` is only checked to exist in params; the featurize stage, which loads
+    the tensors, names the file and the first tensor that does not fit."""
     weights = tmp_path / "weights.pt"
     torch.save(state, weights)
-    ingest_fails(tmp_path, sample_zip, "model.weights", str(weights), named,
-                 **{"model.weights": str(weights)})
+    line = featurize_fails(tmp_path, augmented, weights, named)
+    assert line == f"error: {weights}: {named}"
+
+
+def test_weights_file_with_tensors_a_part_does_not_use_is_read(tmp_path):
+    """Only the tensors a part needs are read (memory-mapped): a classifier of another size, or
+    tensors of layers that have none, do not stop it."""
+    state = {**vgg16_state(), "features.1.running_mean": torch.zeros(64),
+             "classifier.6.weight": torch.zeros(10, 4096)}
+    state["features.28.weight"] = torch.ones(512, 512, 3, 3)
+    torch.save(state, tmp_path / "weights.pt")
+    vgg = backbones.get("vgg16")
+    frozen = backbones.frozen_part(vgg, str(tmp_path / "weights.pt"), 13)
+    assert torch.equal(frozen[28].weight, torch.ones(512, 512, 3, 3))
+    rest = backbones.trainable_part(vgg, str(tmp_path / "weights.pt"), 12)
+    assert torch.equal(rest[0].weight, torch.ones(512, 512, 3, 3))
 
 
 class TouchOnLoad:
@@ -401,7 +440,7 @@ class TouchOnLoad:
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
-def test_pickled_code_in_a_weights_file_is_never_run(tmp_path, sample_zip, writer):
+def test_pickled_code_in_a_weights_file_is_never_run(tmp_path, augmented, writer):
     marker = tmp_path / "pwned"
     payload = {"features.0.weight": TouchOnLoad(marker)}
     weights = tmp_path / "weights.pt"
@@ -409,11 +448,14 @@ def test_pickled_code_in_a_weights_file_is_never_run(tmp_path, sample_zip, write
         torch.save(payload, weights)
     else:
         weights.write_bytes(pickle.dumps(payload))
-    line = ingest_fails(tmp_path, sample_zip, "model.weights", str(weights), "refused",
-                        "could run code", **{"model.weights": str(weights)})
+    line = featurize_fails(tmp_path, augmented, weights, "not a weights-only state_dict",
+                           "refused", "could run code")
     assert "weights_only=False" not in line and "\x1b" not in line
     with pytest.raises(FashionError, match="weights-only"):
-        check_state_file(weights)
+        backbones.read_weights(weights)
+    for part in (backbones.frozen_part, backbones.trainable_part):
+        with pytest.raises(FashionError, match="weights-only"):
+            part(backbones.get("vgg16"), str(weights), 12)
     with pytest.raises(FashionError, match="not a fashiondvc model file"):
         load_net(weights)
     assert not marker.exists()
@@ -425,11 +467,11 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, capsys):
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "train.pt"
     torch.save({"net": TouchOnLoad(marker)}, checkpoint)
-    features = np.zeros((8, 4, 1, 1), dtype=np.float32)
+    features = {"trunk": np.zeros((8, 4, 1, 1), dtype=np.float32)}
     data = FeatureSet(features, np.arange(8), np.zeros((8, 1), np.float32), np.ones((8, 1), bool))
     from fashiondvc.net import AttributeNet
 
-    net = AttributeNet(torch.nn.Sequential(), (4, 1, 1), hidden=4, n_labels=1)
+    net = AttributeNet(torch.nn.Sequential(), {"trunk": (4, 1, 1)}, hidden=4, n_labels=1)
     history = fit(net, data, data, TrainConfig(k=1, lr=1e-3, epochs=1, batch_size=4),
                   checkpoint=checkpoint)
     assert len(history) == 1
@@ -456,15 +498,16 @@ def test_pickled_code_in_the_imagenet_cache_is_never_run(tmp_path, monkeypatch):
     """torchvision itself would unpickle ``$TORCH_HOME/hub/checkpoints/vgg16-*.pth`` freely."""
     from torchvision.models import VGG16_Weights
 
-    from fashiondvc.trunk import load_vgg16
-
     marker = tmp_path / "pwned"
     cached = tmp_path / "hub" / "checkpoints" / VGG16_Weights.IMAGENET1K_V1.url.rsplit("/")[-1]
     cached.parent.mkdir(parents=True)
     torch.save({"features.0.weight": TouchOnLoad(marker)}, cached)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(FashionError, match="model.weights: cannot fetch ImageNet weights"):
-        load_vgg16("imagenet")
+    monkeypatch.setattr("torch.hub.download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network unreachable")))
+    with pytest.raises(FashionError, match="refused to load it") as error:
+        backbones.frozen_part(backbones.get("vgg16"), "imagenet", 1)
+    assert str(error.value).startswith(f"{cached}: not a weights-only state_dict")
     assert not marker.exists()
 
 

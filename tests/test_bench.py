@@ -79,8 +79,9 @@ def test_gpu_script_search_answers_with_indexed_photos(gpu_run: tuple[dict, Path
     assert search["index_photos"] == 2 and search["queries"] == 2
     assert search["one_off_ms_median"] > 0 and search["query_ms_median"] > 0
     assert search["one_off_ms_median"] >= search["query_ms_median"]
-    index = SearchIndex.load(work / "index")
-    assert len(index) == 2 and index.root == work / "ingested" / "images"
+    data_dir = work / "pipeline" / "data"  # the in-process pipeline's folder, as the repo's
+    index = SearchIndex.load(data_dir / "index")
+    assert len(index) == 2 and index.root == data_dir / "ingested" / "images"
     # query k (1-based) is photo k % 2; it is left out of its own results
     assert search["top_results"] == [index.paths[0], index.paths[1]]
     assert all((index.root / path).is_file() for path in search["top_results"])

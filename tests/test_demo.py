@@ -5,17 +5,44 @@ import json
 import pytest
 from conftest import BIN, make_repo, run
 
-from fashiondvc.demo import DEMO_OVERRIDES, demo_command
+from fashiondvc.demo import demo_command
+
+#: The demo's settings, written out here rather than read from demo.py: offline (random
+#: weights), 64 px images and 2 copies per photo (as the README says), a small network and a
+#: few epochs (the README's 1-3 minutes).
+EXPECTED = {"labels": "colors11", "k": "2", "lr": "0.003", "model.weights": "random",
+            "model.frozen_convs": "13", "model.hidden": "64", "augment.copies": "2",
+            "augment.image_size": "64", "train.epochs": "15", "train.batch_size": "32",
+            "featurize.workers": "0"}
 
 
 def test_demo_command_is_a_temp_experiment_with_every_override(tmp_path):
     command = demo_command(tmp_path / "a.zip", "f" * 64, "demo-x")
     assert command[:6] == ["dvc", "exp", "run", "--temp", "-n", "demo-x"]
+    assert command[6::2] == ["-S"] * (len(EXPECTED) + 2)
     settings = dict(s.split("=", 1) for s in command[7::2])
-    assert settings["data.archive"] == str(tmp_path / "a.zip")
-    assert settings["data.sha256"] == "f" * 64
-    for key, value in DEMO_OVERRIDES.items():
-        assert settings[key] == str(value)
+    assert settings == {**EXPECTED, "data.archive": str(tmp_path / "a.zip"),
+                        "data.sha256": "f" * 64}
+
+
+def test_demo_settings_are_valid_parameters(tmp_path):
+    """Applied to params.yaml as ``dvc exp run -S`` applies them (YAML values), the demo's
+    settings pass validation: no renamed or removed key, no value out of range."""
+    from conftest import PROJECT, set_params
+    from ruamel.yaml import YAML
+
+    from fashiondvc.params import load_params
+
+    command = demo_command(tmp_path / "a.zip", "f" * 64, "demo-x")
+    yaml = YAML(typ="safe", pure=True)
+    overrides = {key: yaml.load(value) for key, value in
+                 (s.split("=", 1) for s in command[7::2])}
+    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
+    set_params(tmp_path / "params.yaml", overrides)
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.model.weights, params.model.frozen, params.augment.image_size) == (
+        "random", 13, 64)
+    assert params.data.archive == str(tmp_path / "a.zip")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import distkit
 import numpy as np
@@ -28,7 +29,7 @@ from conftest import make_repo, run
 from fashiondvc import distributed
 from fashiondvc.errors import FashionError
 from fashiondvc.net import AttributeNet, LabelPCA
-from fashiondvc.train import loader
+from fashiondvc.rows import loader
 
 DISTKIT = Path(__file__).parent / "distkit.py"
 
@@ -51,9 +52,9 @@ def test_outside_torchrun_everything_is_one_process(one_process, monkeypatch, tm
     (tmp_path / "train.pt").write_bytes(b"saved")
     assert distributed.read_on_main(tmp_path / "train.pt") == tmp_path / "train.pt"
     # nothing to launch: one device, or already a torchrun rank (this process would be gone)
-    distributed.launch({"devices": 1, "device": "cpu", "batch_size": 3})
+    distributed.launch(SimpleNamespace(devices=1, device="cpu", batch_size=3))
     monkeypatch.setenv("LOCAL_RANK", "0")
-    distributed.launch({"devices": 2, "device": "cpu", "batch_size": 3})
+    distributed.launch(SimpleNamespace(devices=2, device="cpu", batch_size=3))
 
 
 def test_each_rank_takes_its_share_of_every_global_batch(one_process, monkeypatch):
@@ -83,7 +84,7 @@ def test_settings_a_run_cannot_use_are_refused(monkeypatch):
     with pytest.raises(FashionError, match="train.devices: 2 processes need as many CUDA"):
         distributed.check(2, torch.device("cuda"), 64)
     with pytest.raises(FashionError, match="train.batch_size"):
-        distributed.launch({"devices": 3, "device": "cpu", "batch_size": 64})
+        distributed.launch(SimpleNamespace(devices=3, device="cpu", batch_size=64))
 
 
 def test_dropout_streams_differ_by_rank_and_epoch(monkeypatch):
@@ -100,7 +101,7 @@ def test_the_ddp_wrapper_reaches_the_nets_label_coding(tmp_path):
                             world_size=1)
     try:
         pca = LabelPCA(torch.zeros(2, 3), torch.zeros(3))
-        net = AttributeNet(torch.nn.Sequential(), (8, 2, 2), hidden=4, n_labels=3,
+        net = AttributeNet(torch.nn.Sequential(), {"trunk": (8, 2, 2)}, hidden=4, n_labels=3,
                            label_pca=pca)
         wrapped = distributed.DDP(net)
         assert wrapped.label_pca is pca
@@ -156,7 +157,7 @@ def test_two_gloo_processes_give_the_losses_of_one(one_process, tmp_path):
     assert "training with 2 processes" in out
     assert [r["epoch"] for r in two["history"]] == [1, 2, 3, 4]
     for one_row, two_row in zip(one_history, two["history"], strict=True):
-        for key in ("train_loss", "test_loss", "test_f1"):
+        for key in ("train_loss", "test_loss", "test_map"):
             assert two_row[key] == pytest.approx(one_row[key], rel=1e-5), (key, one_row)
     for key, value in one_state.items():
         torch.testing.assert_close(two["state"][key], value, rtol=1e-5, atol=1e-6)

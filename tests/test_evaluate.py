@@ -5,41 +5,48 @@ import pytest
 import torch
 
 from fashiondvc import metrics
+from fashiondvc.config import ExtractorConfig, ModelConfig, TrainConfig
 from fashiondvc.evaluate import evaluate
 from fashiondvc.net import build_net
-from fashiondvc.train import Splits, TrainConfig, fit
-from fashiondvc.trunk import feature_shape
+from fashiondvc.rows import Splits
+from fashiondvc.train import fit
 
-NAMES = ["red", "blue", "black"]
+NAMES = ("red", "blue", "black")
+#: What the frozen part gives at frozen_convs=13 and 32 px.
+SHAPE = (512, 1, 1)
 
 
 def make_splits(seed=0, n=90):
     rng = np.random.default_rng(seed)
-    features = rng.standard_normal((n, *feature_shape(13, 32))).astype(np.float32)
+    features = rng.standard_normal((n, *SHAPE)).astype(np.float32)
     targets = (features.reshape(n, -1)[:, :3] > 0).astype(np.float32)
     mask = rng.random(targets.shape) > 0.1
     rows = np.arange(n)
-    return Splits(features, targets, mask, rows[:50], rows[70:], rows[50:70])
+    return Splits({"trunk": features}, targets, mask, rows[:50], rows[70:], rows[50:70])
 
 
 @pytest.fixture(scope="module")
 def trained():
     data = make_splits()
-    net = build_net("random", 13, 32, 16, len(NAMES), 0.0, seed=0)
     config = TrainConfig(k=1, lr=1e-2, epochs=5, batch_size=16, device="cpu")
+    model_config = ModelConfig(labels=NAMES,
+                               extractor=ExtractorConfig("vgg16", "random", 13, 32, "fp32"),
+                               input_shapes={"trunk": SHAPE}, train=config, hidden=16,
+                               dropout=0.0)
+    net = build_net(model_config, seed=0)
     fit(net, data.subset(data.train_rows), data.subset(data.test_rows), config)
-    return net, data, config
+    return net, data, model_config
 
 
 def probabilities(net, data):
     with torch.inference_mode():
         net.eval()
-        return net.probabilities(net(torch.from_numpy(data.features))).numpy()
+        return net.probabilities(net({"trunk": torch.from_numpy(data.arrays["trunk"])})).numpy()
 
 
 def test_headline_matches_an_independent_computation(trained):
     net, data, config = trained
-    result = evaluate(net, data, NAMES, config)
+    result = evaluate(net, data, config)
     probs = probabilities(net, data)
     t = data.test_rows
     y, m = data.targets[t], data.mask[t]
@@ -50,17 +57,30 @@ def test_headline_matches_an_independent_computation(trained):
     assert result.headline["f1_train_test"] == pytest.approx(
         metrics.micro_f1(data.targets[both], probs[both] >= 0.5, data.mask[both]))
     assert result.headline["map"] > result.headline["baseline_map"]  # it learned something
+    assert list(result.per_attribute["threshold"]) == [0.5] * len(NAMES)
+
+
+def test_fixed_threshold_is_the_one_given(trained):
+    net, data, config = trained
+    result = evaluate(net, data, config, threshold=0.3)
+    probs = probabilities(net, data)
+    t = data.test_rows
+    assert result.headline["f1_micro"] == pytest.approx(
+        metrics.micro_f1(data.targets[t], probs[t] >= 0.3, data.mask[t]))
+    assert result.headline["f1_micro_fixed"] == result.headline["f1_micro"]
+    assert np.allclose(result.per_attribute["threshold"], 0.3)
 
 
 def test_tuned_thresholds_depend_on_validation_rows_only(trained):
     net, data, config = trained
-    first = evaluate(net, data, NAMES, config, thresholds="tuned")
-    flipped = Splits(data.features, data.targets.copy(), data.mask, data.train_rows,
+    first = evaluate(net, data, config, thresholds="tuned")
+    flipped = Splits(data.arrays, data.targets.copy(), data.mask, data.train_rows,
                      data.test_rows, data.val_rows)
     flipped.targets[data.test_rows] = 1 - flipped.targets[data.test_rows]  # test labels change
-    second = evaluate(net, data, NAMES, config, thresholds="tuned")
-    third = evaluate(net, flipped, NAMES, config, thresholds="tuned")
+    second = evaluate(net, data, config, thresholds="tuned")
+    third = evaluate(net, flipped, config, thresholds="tuned")
     np.testing.assert_array_equal(first.per_attribute["threshold"],
                                   third.per_attribute["threshold"])
     assert first.headline == second.headline
+    assert first.headline["map"] != third.headline["map"]  # the flipped test labels were read
     assert not np.allclose(first.per_attribute["threshold"], 0.5)

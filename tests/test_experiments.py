@@ -41,7 +41,7 @@ def test_two_experiments_make_two_runs_and_a_report(pipeline_repo):
     assert g1.data.params["model.frozen_convs"] == "13"
     assert g1.data.tags["dvc.experiment"] == "g1"
     assert g1.info.status == "FINISHED"
-    history = client.get_metric_history(g1.info.run_id, "epoch_test_f1")
+    history = client.get_metric_history(g1.info.run_id, "epoch_test_map")
     assert sorted(m.step for m in history) == [1, 2]
     assert "f1_micro" in g1.data.metrics and "test_loss" in g1.data.metrics
     artifacts = {a.path for a in client.list_artifacts(g1.info.run_id)}

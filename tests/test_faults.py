@@ -27,9 +27,11 @@ from faultkit import (
     wait_dead,
 )
 
+from fashiondvc.config import TrainConfig
 from fashiondvc.io import _owner_tag, atomic_path, remove_stale_tmp
 from fashiondvc.net import AttributeNet
-from fashiondvc.train import FeatureSet, TrainConfig, fit
+from fashiondvc.rows import FeatureSet
+from fashiondvc.train import fit
 
 # --------------------------------------------------------------------------- atomic writes
 
@@ -115,15 +117,16 @@ def toy_sets() -> tuple[FeatureSet, FeatureSet]:
     features = rng.normal(size=(64, 8, 2, 2)).astype(np.float32)
     targets = (features[:, :3, 0, 0] > 0).astype(np.float32)
     mask = rng.random(targets.shape) > 0.1
-    return (FeatureSet(features, np.arange(48), targets, mask),
-            FeatureSet(features, np.arange(48, 64), targets, mask))
+    arrays = {"trunk": features}
+    return (FeatureSet(arrays, np.arange(48), targets, mask),
+            FeatureSet(arrays, np.arange(48, 64), targets, mask))
 
 
 def toy_net(hidden: int = 16) -> AttributeNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AttributeNet(torch.nn.Sequential(), (8, 2, 2), hidden=hidden, n_labels=3,
-                            dropout=0.5)  # dropout: the random state must resume too
+        return AttributeNet(torch.nn.Sequential(), {"trunk": (8, 2, 2)}, hidden=hidden,
+                            n_labels=3, dropout=0.5)  # dropout: the random state must resume too
 
 
 CONFIG = TrainConfig(k=2, lr=1e-2, epochs=5, batch_size=8)

@@ -69,3 +69,32 @@ def test_label_pca_round_trips_and_its_loss_is_the_squared_error():
     outputs = coords + 0.5
     value = loss("wbce", outputs, y, torch.ones_like(y), torch.ones(4), label_pca=pca)
     assert value.item() == pytest.approx(0.25 * 4, rel=1e-5)  # (0.5^2) x 4 components per image
+
+
+def test_batch_loss_takes_loss_weights_and_gamma_from_the_train_config():
+    """`batch_loss`: the loss every training step and reported loss computes."""
+    from types import SimpleNamespace
+
+    from fashiondvc.config import TrainConfig
+    from fashiondvc.losses import batch_loss
+
+    plain = SimpleNamespace(label_pca=None)
+    config = TrainConfig(k=3, lr=1e-3, epochs=1, batch_size=2)
+    expected = loss("wbce", LOGITS, TARGETS, MASK, torch.full((2,), 3.0))
+    assert batch_loss(plain, LOGITS, TARGETS, MASK, config).item() == pytest.approx(
+        expected.item(), rel=1e-6)
+    per_label = TrainConfig(k=3, lr=1e-3, epochs=1, batch_size=2, pos_weight=(2.0, 5.0))
+    by_hand = (-2 * math.log(sig(0.0)) - math.log(1 - sig(2.0)) - 5 * math.log(sig(0.5))) / 2
+    assert batch_loss(plain, LOGITS, TARGETS, MASK, per_label).item() == pytest.approx(
+        by_hand, rel=1e-6)
+    focal = TrainConfig(k=1, lr=1e-3, epochs=1, batch_size=2, loss="focal", gamma=3.0)
+    assert batch_loss(plain, LOGITS, TARGETS, MASK, focal).item() == pytest.approx(
+        loss("focal", LOGITS, TARGETS, MASK, torch.ones(2), gamma=3.0).item(), rel=1e-6)
+    assert loss("focal", LOGITS, TARGETS, MASK, torch.ones(2), gamma=3.0).item() != (
+        pytest.approx(loss("focal", LOGITS, TARGETS, MASK, torch.ones(2), gamma=2.0).item()))
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    pca = LabelPCA.fit(labels.numpy(), np.ones((3, 2), dtype=bool), 2)
+    coords = pca.encode(labels, torch.ones_like(labels)) + 0.5
+    with_pca = SimpleNamespace(label_pca=pca)
+    assert batch_loss(with_pca, coords, labels, torch.ones_like(labels), config).item() == (
+        pytest.approx(0.25 * 2, rel=1e-5))

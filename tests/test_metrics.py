@@ -62,6 +62,40 @@ def test_pr_curves_have_one_curve_per_attribute(data):
     curves = metrics.pr_curves(y, probs, mask, NAMES, points=20)
     assert sorted(curves["attribute"].unique()) == NAMES
     assert curves.groupby("attribute").size().max() <= 20
+    for j, name in enumerate(NAMES):
+        curve = curves[curves["attribute"] == name]
+        # from the lowest cut (everything predicted: precision = the observed prevalence) to
+        # the highest (recall 0, precision 1 by convention), recall never rising
+        assert curve.iloc[0]["recall"] == 1
+        assert curve.iloc[0]["precision"] == pytest.approx(y[mask[:, j], j].mean())
+        assert (curve.iloc[-1]["recall"], curve.iloc[-1]["precision"]) == (0, 1)
+        assert (np.diff(curve["recall"].to_numpy()) <= 0).all()
+
+
+def test_pr_curves_by_hand():
+    # a: scores 0.9 .. 0.4 with truth 1 0 1 1 0 0; b: perfectly ranked, 2 positives of 6;
+    # c: no positive observed (no curve); the last row is unobserved for a and b, and would
+    # put a top-scored negative first if it counted
+    y = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    p = np.array([[.9, .1, .5], [.8, .2, .5], [.7, .3, .5], [.6, .4, .5], [.5, .5, .5],
+                  [.4, .6, .5], [.95, .99, .5]])
+    m = np.ones_like(y, dtype=bool)
+    m[6, :2] = False
+    curves = metrics.pr_curves(y, p, m, ["a", "b", "c"])
+    assert list(curves.columns) == ["attribute", "recall", "precision"]
+    assert curves["attribute"].tolist() == ["a"] * 7 + ["b"] * 7
+    # one point per cut t (predicted: score >= t), lowest cut first, then (recall 0, prec. 1)
+    a = curves[curves["attribute"] == "a"]
+    assert a["recall"].tolist() == pytest.approx([1, 1, 1, 2 / 3, 1 / 3, 1 / 3, 0])
+    #                    cut:  0.4    0.5    0.6    0.7    0.8    0.9
+    assert a["precision"].tolist() == pytest.approx([3 / 6, 3 / 5, 3 / 4, 2 / 3, 1 / 2, 1, 1])
+    b = curves[curves["attribute"] == "b"]
+    assert b["recall"].tolist() == pytest.approx([1, 1, 1, 1, 1, 1 / 2, 0])
+    assert b["precision"].tolist() == pytest.approx([2 / 6, 2 / 5, 2 / 4, 2 / 3, 1, 1, 1])
+    # thinned to 3 points: the two ends and the middle one
+    thin = metrics.pr_curves(y, p, m, ["a", "b", "c"], points=3)
+    np.testing.assert_allclose(thin[thin["attribute"] == "a"][["recall", "precision"]],
+                               [[1, 1 / 2], [2 / 3, 2 / 3], [0, 1]])
 
 
 def test_a_label_never_observed_has_no_f1_and_stays_out_of_the_macro_average():

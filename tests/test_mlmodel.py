@@ -34,7 +34,7 @@ def test_registered_model_predicts_what_search_predicts(tmp_path, monkeypatch, c
     uris = []
     for name in ("exp-m", "exp-n"):  # two experiments, one trunk
         run = tracking.TrackedRun.create(client, exp_id, name, {})
-        uris.append(mlmodel.log_model(run, collection.model, collection.index.precision, "cafe"))
+        uris.append(mlmodel.log_model(run, collection.model, "cafe"))
         run.finish()
     assert uris == [f"models:/{mlmodel.REGISTERED_NAME}/1", f"models:/{mlmodel.REGISTERED_NAME}/2"]
     version = client.get_model_version(mlmodel.REGISTERED_NAME, "1")

@@ -15,8 +15,8 @@ MAKE = textwrap.dedent("""\
     k = yaml.safe_load(open("params.yaml"))["k"]
     out = pathlib.Path("metrics")
     out.mkdir(exist_ok=True)
-    rows = [f"{e},{k / e},{k / e + 0.5},{0.1 * e}" for e in (1, 2, 3)]
-    (out / "history.csv").write_text("epoch,train_loss,test_loss,test_f1\\n" + "\\n".join(rows))
+    rows = [f"{e},{k / e},{k / e + 0.5},{0.1 * e + 0.01 * k}" for e in (1, 2, 3)]
+    (out / "history.csv").write_text("epoch,train_loss,test_loss,test_map\\n" + "\\n".join(rows))
     (out / "per_attribute.csv").write_text(f"attribute,f1\\nred,{0.1 * k}\\nblue,0.5\\n")
 """)
 
@@ -84,6 +84,8 @@ def test_two_commits_drawn_over_each_other(tmp_path, drawn, monkeypatch, capsys)
     curves = dict(drawn["compare_history.png"])
     assert np.allclose(curves["HEAD~1 test"], [1.5, 1.0, 1 / 3 + 0.5])
     assert np.allclose(curves["HEAD test"], [4.5, 2.5, 4 / 3 + 0.5])
+    assert np.allclose(curves["HEAD~1"], [0.11, 0.21, 0.31])  # test mAP
+    assert np.allclose(curves["HEAD"], [0.14, 0.24, 0.34])
     bars = dict(drawn["compare_per_attribute.png"])  # attributes sorted by the first run's F1
     assert np.allclose(bars["HEAD~1"], [0.1, 0.5]) and np.allclose(bars["HEAD"], [0.4, 0.5])
     assert not (repo / "dvc_plots").exists()  # --out honoured

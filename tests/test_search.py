@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import searchkit
 from conftest import run, set_params
 from PIL import Image
 from searchkit import LABELS, N_PHOTOS, make_collection, save_tiny_net
@@ -49,35 +48,31 @@ def test_index_holds_every_photo_with_unit_embeddings(collection):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_index_from_stored_features_equals_the_trunk_pass_over_the_photos(tmp_path, precision):
-    # two independent paths: augment -> store -> featurize (what training sees, copy 0) and
-    # the search featurizer's own trunk pass over the photo files
-    from fashiondvc.augment import augment_folder
-    from fashiondvc.dataset import ingest, read_ingested
-    from fashiondvc.features import featurize
-    from fashiondvc.index import build_index_from_features
-    from fashiondvc.sample import make_sample_archive
-    from fashiondvc.store import ImageStore
-    from fashiondvc.trunk import feature_shape, load_vgg16, split_vgg
+    # two independent paths: ingest -> augment -> store -> featurize (what training sees,
+    # copy 0) and the model's predictor, run over the photo files
+    from faultkit import workdir
 
-    ingest(make_sample_archive(tmp_path / "s.zip", n_images=10), tmp_path / "ingested")
-    ids = read_ingested(tmp_path / "ingested")["image_id"]
-    augment_folder(tmp_path / "ingested" / "images", ids, tmp_path / "aug", copies=1, size=32,
-                   seed=0, workers=1)
-    store = ImageStore(tmp_path / "aug")
-    frozen, _ = split_vgg(load_vgg16("random"), 13)
-    (tmp_path / "features").mkdir()
-    featurize(store, frozen, tmp_path / "features", feature_shape=feature_shape(13, 32),
-              batch_size=4, workers=0, precision=precision, device="cpu")
-    store.index[["index", "image_id", "copy"]].assign(subset="train").to_csv(
-        tmp_path / "split.csv", index=False)
-    model = save_tiny_net(tmp_path / "net.pt")
-    stored = build_index_from_features(model, tmp_path / "ingested", tmp_path / "split.csv",
-                                       tmp_path / "features", tmp_path / "i1",
-                                       precision=precision)
-    passed, counts = build_index(model, tmp_path / "ingested" / "images", tmp_path / "i2",
-                                 precision=precision)
+    from fashiondvc.features import StoredFeatures
+    from fashiondvc.index import build_index_from_features
+    from fashiondvc.net import load_net
+    from fashiondvc.params import load_params
+    from fashiondvc.pipeline import Pipeline
+    from fashiondvc.sample import make_sample_archive
+
+    archive = make_sample_archive(tmp_path / "s.zip", n_images=10)
+    folder = workdir(tmp_path / "work", archive, **{"featurize.precision": precision,
+                                                   "featurize.batch_size": 4})
+    pipeline = Pipeline(load_params(folder / "params.yaml"), folder)
+    pipeline.run(until="featurize")
+    model = save_tiny_net(tmp_path / "net.pt", precision=precision)
+    # the stored features are the model's: same backbone, weights, cut, size and precision
+    assert StoredFeatures(pipeline.features).config == load_net(model)[1].extractor
+    stored = build_index_from_features(model, pipeline.ingested, pipeline.split_csv,
+                                       pipeline.features, tmp_path / "i1")
+    passed, counts = build_index(model, pipeline.ingested / "images", tmp_path / "i2")
     assert counts["computed"] == 10
     assert stored.paths == passed.paths and stored.hashes == passed.hashes
+    assert stored.precision == passed.precision == precision
     tolerance = 1e-5 if precision == "fp32" else 2e-2
     np.testing.assert_allclose(stored.probs, passed.probs, atol=tolerance)
     np.testing.assert_allclose(stored.embeddings, passed.embeddings, atol=tolerance)
@@ -129,7 +124,7 @@ def test_rebuild_reuses_unchanged_photos_and_skips_unreadable_ones(collection, s
                                                                    tmp_path):
     photos = tmp_path / "photos"
     shutil.copytree(collection.images, photos)
-    same = {"featurizer": searcher.featurizer}  # the model's network, already loaded
+    same = {"predictor": searcher.predictor}  # the model's network, already loaded
     first, counts = build_index(collection.model, photos, tmp_path / "index", **same)
     assert counts == {"computed": N_PHOTOS, "reused": 0, "skipped": 0}
     (photos / "new").mkdir()
@@ -197,31 +192,38 @@ def test_cli_search_prints_attributes_and_results(collection, capsys):
 def test_a_model_finds_its_relative_weights_file_from_another_directory(collection, tmp_path,
                                                                         monkeypatch):
     """models/net.pt saved with ``model.weights: weights/vgg.pth`` (relative to the repo)."""
+    from dataclasses import replace
+
     import torch
 
-    from fashiondvc.index import Featurizer
+    from fashiondvc import backbones
     from fashiondvc.net import load_net, save_net
-    from fashiondvc.trunk import load_vgg16
-    from fashiondvc.vgg import frozen_part
+    from fashiondvc.predictor import Predictor
 
     repo = tmp_path / "repo"
     (repo / "weights").mkdir(parents=True)
     (repo / "dvc.yaml").write_text("stages: {}\n")
-    vgg = load_vgg16("random")
-    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()},
+    generator = torch.Generator().manual_seed(1)  # not the weights of model.weights: random
+    torch.save({f"features.{k}": torch.randn(v.shape, generator=generator) * 0.05
+                for k, v in backbones.vgg16_layers().state_dict().items()},
                repo / "weights" / "vgg.pth")
-    net, _ = load_net(collection.model)
-    save_net(net, repo / "models" / "net.pt", {**searchkit.CONFIG, "weights": "weights/vgg.pth"})
+    net, config = load_net(collection.model)
+    save_net(net, repo / "models" / "net.pt",
+             replace(config, extractor=replace(config.extractor, weights="weights/vgg.pth")))
     monkeypatch.chdir(tmp_path)  # not the repo: "weights/vgg.pth" does not exist from here
-    featurizer = Featurizer.from_file(repo / "models" / "net.pt")
-    assert featurizer.config["weights"] == str(repo / "weights" / "vgg.pth")
-    expected = frozen_part(repo / "weights" / "vgg.pth", 13)
-    for ours, theirs in zip(featurizer.frozen.state_dict().values(),
-                            expected.state_dict().values(), strict=True):
-        assert torch.equal(ours.float(), theirs.float())
+    predictor = Predictor.from_file(repo / "models" / "net.pt")
+    assert predictor.config.extractor.weights == str(repo / "weights" / "vgg.pth")
+    vgg16 = backbones.get("vgg16")
+    expected = backbones.frozen_part(vgg16, str(repo / "weights" / "vgg.pth"), 13).state_dict()
+    ours = predictor.extractor.part.state_dict()
+    assert list(ours) == list(expected) and len(ours) == 26  # 13 convs: weight and bias
+    for key, theirs in expected.items():
+        assert torch.equal(ours[key].float(), theirs.float()), key
+    random = backbones.frozen_part(vgg16, "random", 13).state_dict()
+    assert not torch.equal(ours["0.weight"].float(), random["0.weight"].float())
     (repo / "dvc.yaml").unlink()  # no repository above the model: the path stays as saved
     with pytest.raises(FashionError, match="weights/vgg.pth"):
-        Featurizer.from_file(repo / "models" / "net.pt")
+        Predictor.from_file(repo / "models" / "net.pt")
 
 
 @pytest.mark.slow

@@ -69,8 +69,8 @@ def test_concurrent_first_use_of_a_fresh_store_loses_no_run(store, n):
 # --------------------------------------------------------------------------- one run per pipeline
 
 PARAMS = {"k": 2, "lr": 0.001, "train.epochs": 2}
-HISTORY = [{"epoch": 1, "train_loss": 0.9, "test_loss": 1.0, "test_f1": 0.2, "selected": 0},
-           {"epoch": 2, "train_loss": 0.7, "test_loss": 0.8, "test_f1": 0.3, "selected": 1}]
+HISTORY = [{"epoch": 1, "train_loss": 0.9, "test_loss": 1.0, "test_map": 0.2, "selected": 0},
+           {"epoch": 2, "train_loss": 0.7, "test_loss": 0.8, "test_map": 0.3, "selected": 1}]
 
 
 def client():
@@ -126,7 +126,7 @@ def test_train_opens_a_live_run_that_evaluate_completes(workspace):
     assert client().get_run(run_id).info.status == "RUNNING"
     epochs = [{k: v for k, v in row.items() if k != "selected"} for row in HISTORY]
     live.log_epoch(epochs[0])  # curves grow as epochs end (fit adds `selected` at the end)
-    assert [m.value for m in client().get_metric_history(run_id, "epoch_test_f1")] == [0.2]
+    assert [m.value for m in client().get_metric_history(run_id, "epoch_test_map")] == [0.2]
     live.log_epoch(epochs[1])
     live.handover(HISTORY, "models/net.pt")
     assert tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5, "map": None},
@@ -135,7 +135,7 @@ def test_train_opens_a_live_run_that_evaluate_completes(workspace):
     [run] = all_runs()
     assert (run.info.run_id, run.info.status, run.info.run_name) == (run_id, "FINISHED", "exp-a")
     assert sorted((m.step, m.value) for m in
-                  client().get_metric_history(run_id, "epoch_test_f1")) == [(1, 0.2), (2, 0.3)]
+                  client().get_metric_history(run_id, "epoch_test_map")) == [(1, 0.2), (2, 0.3)]
     assert [m.value for m in client().get_metric_history(run_id, "epoch_selected")] == [0, 1]
     assert run.data.metrics["f1_micro"] == 0.5 and "map" not in run.data.metrics
     assert run.data.tags["dataset.sha256"] == "cafe"
@@ -300,7 +300,7 @@ def test_a_pipeline_run_is_one_finished_run_also_when_train_is_not_rerun(pipelin
     rev = run_command(["git", "rev-parse", "HEAD"], repo).stdout.strip()[:7]
     assert {r.info.run_name for r in found} == {f"workspace@{rev}"}
     for r in found:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch_test_f1")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "epoch_test_map")]
         assert sorted(steps) == [1, 2]
         assert "f1_micro" in r.data.metrics and r.data.params["k"] == "2"
         files = {a.path for a in client.list_artifacts(r.info.run_id)}

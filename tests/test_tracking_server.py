@@ -46,7 +46,7 @@ def test_two_queued_experiments_log_to_the_postgres_server(pipeline_repo, tracki
         assert r.info.status == "FINISHED"
         assert r.data.params["k"] == k and r.data.params["train.epochs"] == "2"
         assert r.data.tags["dvc.experiment"] == name
-        history = client.get_metric_history(r.info.run_id, "epoch_test_f1")
+        history = client.get_metric_history(r.info.run_id, "epoch_test_map")
         assert sorted(m.step for m in history) == [1, 2]
         # artifacts went through the server (mlflow-artifacts:/ proxy) onto its disk
         assert r.info.artifact_uri.startswith("mlflow-artifacts:"), r.info.artifact_uri

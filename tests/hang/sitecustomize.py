@@ -7,7 +7,7 @@ Active only when ``FASHIONDVC_TEST_HANG=<stage>`` is set and this process runs
 
 - ingest: at the 5th decoded image (the ingested folder is half-written in its .tmp- sibling)
 - augment: at the 5th image appended to a shard
-- featurize: at the 2nd batch (features.npy half-written)
+- featurize: at the 2nd batch (trunk.npy, side.npy and colour.npy half-written)
 - train: right after the checkpoint of epoch 1 is saved
 - evaluate: after the metrics files are written, before the MLflow run is logged
 - index: when the finished index is about to be saved
@@ -51,7 +51,8 @@ def _install(stage: str) -> None:
     elif stage == "featurize":
         import fashiondvc.features as module
 
-        module.normalize = _after(2, module.normalize)
+        # call 1 is FeatureExtractor.shapes() (one black image), then one call per batch
+        module.normalize = _after(3, module.normalize)
     elif stage == "train":
         import fashiondvc.train as module
 

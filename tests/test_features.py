@@ -1,0 +1,169 @@
+"""The feature extractor: named features, stored as they are computed, and the same object at
+featurize, index, one-off query and in the logged MLflow model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from fashiondvc.config import ExtractorConfig
+from fashiondvc.errors import FashionError
+from fashiondvc.features import (
+    COLOUR_GRID,
+    FEATURE_KINDS,
+    FeatureExtractor,
+    StoredFeatures,
+    colour_histograms,
+)
+from fashiondvc.params import Params
+from fashiondvc.pipeline import Pipeline
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def make_params(archive: Path, **overrides) -> Params:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    settings = {"data.archive": str(archive), "labels": "colors11", "lr": 0.003,
+                "model.weights": "random", "model.hidden": 16, "augment.copies": 1,
+                "augment.image_size": 64, "augment.workers": 1, "featurize.workers": 0,
+                "featurize.batch_size": 16, "featurize.precision": "fp32", "train.epochs": 2,
+                "train.batch_size": 16, "train.precision": "fp32", **overrides}
+    for key, value in settings.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return Params.from_mapping(raw)
+
+
+def test_colour_histograms_count_each_cells_pixels_by_hsv_bin():
+    image = np.zeros((1, 8, 6, 3), dtype=np.uint8)
+    image[0, :, :] = (255, 0, 0)       # pure red: hue 0, saturation 255, value 255
+    image[0, :2, :2] = (0, 0, 0)      # the top-left cell black: hue 0, saturation 0, value 0
+    hist = colour_histograms(image).reshape(COLOUR_GRID[0] * COLOUR_GRID[1], 256)
+    red_bin = (0 * 4 + 3) * 4 + 3     # hue bin 0, saturation bin 3, value bin 3
+    assert hist.shape == (12, 256)
+    assert hist[0, 0] == pytest.approx(1.0)          # sqrt(share 1.0) of black
+    assert hist[0, red_bin] == 0
+    for cell in range(1, 12):
+        assert hist[cell, red_bin] == pytest.approx(1.0)
+        assert hist[cell].sum() == pytest.approx(1.0)  # one bin holds every pixel
+
+
+@pytest.mark.parametrize(("backbone", "frozen", "trunk", "side"), [
+    # VGG-16 at 64 px: conv5_2 (512 channels, 4x4); taps pool1..pool4: 2 x 960
+    ("vgg16", {"model.frozen_convs": 12}, (512, 4, 4), (1920,)),
+    # ResNet-50, stem + layer1..layer3 frozen: layer3 (1024 channels, /16); taps stem, layer1,
+    # layer2 (64 + 256 + 512 channels)
+    ("resnet50", {"model.frozen_stages": 4}, (1024, 4, 4), (1664,)),
+    # ConvNeXt-T, stem + stages 1..3 frozen: stage3 (384 channels, /16); taps stage1, stage2
+    ("convnext_tiny", {"model.frozen_stages": 4}, (384, 4, 4), (576,)),
+])
+def test_each_backbone_runs_end_to_end_on_the_sample(tmp_path, sample_zip, backbone, frozen,
+                                                     trunk, side):
+    params = make_params(sample_zip, **{"model.backbone": backbone, **frozen,
+                                        "model.head": "multiscale",
+                                        "model.inputs": ["trunk", "side", "colour"]})
+    pipeline = Pipeline(params, tmp_path)
+    results = pipeline.run()
+    meta = json.loads((pipeline.features / "meta.json").read_text())
+    assert meta["extractor"]["backbone"] == backbone
+    assert tuple(meta["features"]["trunk"]["shape"]) == trunk
+    assert tuple(meta["features"]["side"]["shape"]) == side
+    assert tuple(meta["features"]["colour"]["shape"]) == (12 * 256,)
+    assert np.isfinite(results["evaluate"]["map"])
+    index, counts = results["index"]
+    assert len(index) == 24 and counts["reused"] == 24
+    history = pd.read_csv(pipeline.history)
+    assert list(history["epoch"]) == [1, 2] and history["train_loss"].notna().all()
+
+
+def test_stored_features_say_their_shapes_and_train_reads_them(tmp_path, sample_zip):
+    params = make_params(sample_zip, **{"model.inputs": ["trunk", "colour"]})
+    pipeline = Pipeline(params, tmp_path)
+    pipeline.run(until="train")
+    stored = StoredFeatures(pipeline.features)
+    from fashiondvc.net import load_net
+
+    _, config = load_net(pipeline.model)
+    assert config.input_shapes == {"trunk": stored.shapes["trunk"],
+                                   "colour": stored.shapes["colour"]}
+    assert config.extractor == stored.config
+    # features of another extractor than the model's are refused, not silently scored
+    from fashiondvc.rows import load_splits
+
+    meta = json.loads((pipeline.features / "meta.json").read_text())
+    meta["extractor"]["precision"] = "bf16"
+    (pipeline.features / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(FashionError, match=r"made by .*precision='bf16'.* but the model takes "
+                                           r"features of .*precision='fp32'"):
+        load_splits(pipeline.labels_csv, pipeline.split_csv, pipeline.features, config.labels,
+                    config.inputs, extractor=config.extractor)
+    # a truncated array (partial dvc pull, full disk) is one clear error, not numpy's
+    path = pipeline.features / "trunk.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FashionError, match=r"trunk\.npy: truncated or corrupt .*rerun the "
+                                           r"featurize stage"):
+        stored.array("trunk")
+
+
+def test_extractor_outputs_are_the_stored_dtypes_and_shapes():
+    extractor = FeatureExtractor(ExtractorConfig("vgg16", "random", 13, 64, "bf16"))
+    out = extractor(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+    assert set(out) == set(FEATURE_KINDS)
+    assert out["trunk"].dtype == torch.float16 and out["trunk"].shape == (2, 512, 2, 2)
+    assert out["side"].dtype == torch.float32 and out["colour"].dtype == torch.float32
+    assert extractor.shapes() == {"trunk": (512, 2, 2), "side": (1920,), "colour": (3072,)}
+
+
+def test_a_photo_gets_identical_features_at_featurize_index_query_and_in_the_pyfunc_model(
+        reference, tmp_path, monkeypatch, capsys):
+    import mlflow.pyfunc
+
+    from fashiondvc.cli import main
+    from fashiondvc.index import build_index
+    from fashiondvc.preprocess import load_rgb
+
+    split = pd.read_csv(reference / "data" / "split.csv").sort_values("index")
+    row = split[split["copy"] == 0].iloc[0]
+    photo = reference / "data" / "ingested" / "images" / f"{int(row['image_id']):06d}.jpg"
+    stored = StoredFeatures(reference / "data" / "features")
+    expected = {name: torch.from_numpy(np.array(stored.array(name)[int(row["index"])]))
+                for name in FEATURE_KINDS}
+
+    seen = []
+    original = FeatureExtractor.__call__
+
+    def spy(self, images):
+        out = original(self, images)
+        seen.append({name: value[0] for name, value in out.items()})
+        return out
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", spy)
+    model = reference / "models" / "net.pt"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photo, folder / "query.jpg")
+    build_index(model, folder, tmp_path / "index")                          # index stage
+    main(["search", str(photo), "--json", "--index", str(reference / "data" / "index"),
+          "--model", str(model)])                                            # one-off query
+    capsys.readouterr()
+    assert len(seen) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{reference / 'mlflow.db'}")
+    pyfunc = mlflow.pyfunc.load_model("models:/fashiondvc-attributes/1")  # logged model
+    served = pyfunc.unwrap_python_model().predictor.extractor
+    table = pyfunc.predict(pd.DataFrame({"photo": [photo.read_bytes()]}))
+    seen.append({name: value[0] for name, value in
+                 served.photos([load_rgb(photo.read_bytes(), photo.name)]).items()})
+    for entry in seen:
+        for name in FEATURE_KINDS:
+            assert torch.equal(entry[name], expected[name]), name
+    assert table.shape == (1, 11)

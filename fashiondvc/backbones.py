@@ -161,6 +161,11 @@ class FrozenPart(nn.Sequential):
                 side += [x.float().mean(dim=(2, 3)), x.float().amax(dim=(2, 3))]
         return x, (torch.cat(side, dim=1) if side else torch.zeros(len(x), 0))
 
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # a slice is plain layers (taps name positions in self)
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
+
     def train(self, mode: bool = True) -> FrozenPart:
         return super().train(False)  # frozen means eval: batch norm keeps its running stats
 

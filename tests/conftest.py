@@ -110,6 +110,21 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return reference_repo(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def reference_log(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The stdout of the shared reference `dvc repro`."""
+    from faultkit import reference_output
+
+    return reference_output(tmp_path_factory)
+
+
+@pytest.fixture
+def reference_copy(reference: Path, tmp_path: Path) -> Path:
+    """A copy of the reproduced reference repository (DVC cache included), free to change."""
+    shutil.copytree(reference, tmp_path / "repo", symlinks=True)
+    return tmp_path / "repo"
+
+
 @pytest.fixture
 def tracking_server() -> Iterator[TrackingServer]:
     """A throw-away MLflow server on a throw-away PostgreSQL cluster, both on 127.0.0.1."""

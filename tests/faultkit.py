@@ -244,10 +244,17 @@ def reference_archive(factory) -> Path:
 
 def reference_repo(factory) -> Path:
     """One uninterrupted ``dvc repro`` of the reference setup, shared by every test module of
-    the session (a session fixture defined in each module would run once per module)."""
+    the session (a session fixture defined in each module would run once per module); its
+    output is in `reference_output`. Tests read it; one that changes things works on a copy."""
     if "repo" not in _SESSION:
         repo = make_repo(factory.mktemp("reference") / "repo", reference_archive(factory),
                          **REFERENCE_PARAMS)
-        run(["dvc", "repro"], repo)
+        _SESSION["first_run"] = run(["dvc", "repro"], repo).stdout
         _SESSION["repo"] = repo
     return _SESSION["repo"]
+
+
+def reference_output(factory) -> str:
+    """What the reference ``dvc repro`` printed on stdout."""
+    reference_repo(factory)
+    return _SESSION["first_run"]

@@ -8,12 +8,10 @@ observers cannot change a byte of what a stage writes.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import run
 from test_pipeline_deps import OUTPUT_NEUTRAL
@@ -76,16 +74,8 @@ def _status(repo: Path) -> set[str]:
     return set(json.loads(result.stdout or "{}"))
 
 
-@pytest.fixture
-def reproduced(reference, tmp_path) -> Path:
-    """A copy of the shared reference run (dvc repro done), free to edit."""
-    repo = tmp_path / "repo"
-    shutil.copytree(reference, repo, symlinks=True)
-    return repo
-
-
-def test_dvc_reruns_exactly_the_stages_an_edit_can_change(reproduced):
-    repo = reproduced
+def test_dvc_reruns_exactly_the_stages_an_edit_can_change(reference_copy):
+    repo = reference_copy
     assert _status(repo) <= {"inputs"}  # inputs is always_changed
     original = {p: (repo / p).read_text() for p in
                 ("fashiondvc/tracking.py", "fashiondvc/progress.py", "fashiondvc/cli.py",

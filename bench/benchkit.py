@@ -6,14 +6,13 @@ Import it after putting ``bench/`` and the repository on ``sys.path``, as the sc
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from fashiondvc import backbones
-from fashiondvc.params import Params
+from fashiondvc.params import Params, override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,16 +24,8 @@ def params(overrides: Mapping[str, object], path: Path = REPO / "params.yaml") -
     them (its own ``model.weights`` file need not exist on a bench machine)."""
     from ruamel.yaml import YAML
 
-    raw = copy.deepcopy(YAML(typ="safe", pure=True).load(Path(path).read_text()))
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"{dotted}: not a parameter of {path}")
-        node[leaf] = value
-    return Params.from_mapping(raw)
+    raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
+    return Params.from_mapping(override(raw, overrides))
 
 
 def random_weights_file(path: Path) -> Path:

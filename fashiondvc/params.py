@@ -7,6 +7,7 @@ that join two parameters, and names the first bad one. Library functions trust t
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -33,7 +34,7 @@ from fashiondvc.choices import (
 from fashiondvc.errors import FashionError
 from fashiondvc.labels import resolve_label_set
 
-__all__ = ["CONSTRAINTS", "Params", "flatten", "load_params", "validate"]
+__all__ = ["CONSTRAINTS", "Params", "flatten", "load_params", "override", "validate"]
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,22 @@ def validate(params: Mapping[str, Any]) -> None:
         if problem:
             raise FashionError(problem if problem.startswith(f"{key}: ") else f"{key}: {problem}")
     _cross_checks(raw)
+
+
+def override(params: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the nested ``params`` with dotted keys set, as ``dvc exp run -S key=value``
+    sets them (``{"model.head": "gap"}``); not validated. Raises `FashionError` for a key that
+    is not in ``params``."""
+    result = copy.deepcopy(dict(params))
+    for dotted, value in values.items():
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise FashionError(f"{dotted}: unknown parameter")
+        node[leaf] = value
+    return result
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "", *,

@@ -22,7 +22,7 @@ from fashiondvc.features import (
     StoredFeatures,
     colour_histograms,
 )
-from fashiondvc.params import Params
+from fashiondvc.params import Params, override
 from fashiondvc.pipeline import Pipeline
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -35,13 +35,7 @@ def make_params(archive: Path, **overrides) -> Params:
                 "augment.image_size": 64, "augment.workers": 1, "featurize.workers": 0,
                 "featurize.batch_size": 16, "featurize.precision": "fp32", "train.epochs": 2,
                 "train.batch_size": 16, "train.precision": "fp32", **overrides}
-    for key, value in settings.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Params.from_mapping(raw)
+    return Params.from_mapping(override(raw, settings))
 
 
 def test_colour_histograms_count_each_cells_pixels_by_hsv_bin():

@@ -3,7 +3,6 @@ constraints table, and every rule that joins two parameters."""
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from fashiondvc.params import (
     Text,
     flatten,
     load_params,
+    override,
     validate,
 )
 
@@ -33,13 +33,7 @@ def defaults() -> dict:
 
 
 def with_value(params: dict, key: str, value: object) -> dict:
-    params = copy.deepcopy(params)
-    node = params
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    return params
+    return override(params, {key: value})
 
 
 #: Bad values of the `Check` constraints, which have no generic counterexample.
@@ -121,9 +115,13 @@ def test_the_frozen_knob_follows_the_backbone():
 
 
 def test_unknown_and_missing_keys_are_named():
+    params = defaults()
+    params["train"]["epoch"] = 5
     with pytest.raises(FashionError, match=r"^train\.epoch: unknown parameter \(did you mean "
                                            r"train\.epochs\?\)$"):
-        validate(with_value(defaults(), "train.epoch", 5))
+        validate(params)
+    with pytest.raises(FashionError, match=r"^train\.epoch: unknown parameter$"):
+        override(defaults(), {"train.epoch": 5})
     params = defaults()
     del params["model"]["inputs"]
     with pytest.raises(FashionError, match=r"^model\.inputs: missing from params\.yaml$"):

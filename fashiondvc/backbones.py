@@ -231,17 +231,17 @@ def _imagenet_state(backbone: Backbone) -> dict[str, torch.Tensor]:
                            f"{backbone.name} ({reason})") from None
 
 
-def _fill(backbone: Backbone, layers: nn.Sequential, state: object, source: str
+def _fill(backbone: Backbone, layers: nn.Sequential, start: int, state: object, source: str
           ) -> nn.Sequential:
-    """Give ``layers`` (a slice of the conv part numbered from ``first``) the tensors of
-    ``state``, a torchvision state_dict; check names and shapes."""
+    """Give ``layers`` (the conv part's layers from index ``start`` on) the tensors of
+    ``state``, a torchvision state_dict, in place; check names and shapes."""
     prefix = f"{source}: not a {backbone.name} state_dict:"
     if not isinstance(state, dict):
         raise FashionError(f"{source}: expected a state_dict, got {type(state).__name__}")
     wanted = {}
     for key, value in layers.state_dict(keep_vars=True).items():
         index, rest = key.split(".", 1)
-        full = f"{backbone.modules[int(index) + layers.first]}.{rest}"
+        full = f"{backbone.modules[start + int(index)]}.{rest}"
         if full not in state:
             raise FashionError(f"{prefix} missing key {full!r}")
         tensor = state[full]
@@ -255,27 +255,21 @@ def _fill(backbone: Backbone, layers: nn.Sequential, state: object, source: str
     return layers
 
 
-def _slice(layers: nn.Sequential, start: int, stop: int | None = None) -> nn.Sequential:
-    part = nn.Sequential(*list(layers)[start:stop])
-    part.first = start  # where the slice starts in the conv part (state_dict key mapping)
-    return part
-
-
 def _part(backbone: Backbone, weights: str, start: int, stop: int | None) -> nn.Sequential:
     """Layers ``start:stop`` of the conv part with ``weights``, on the CPU (maybe mmap-ed)."""
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = backbone.torchvision_model()
-        part = _slice(backbone.layers_of(model), start, stop)
-        return part
+        return nn.Sequential(*list(backbone.layers_of(model))[start:stop])
     path = weights_file(backbone, weights)
     if path is None and weights != "imagenet":
         raise FashionError(f"model.weights: {weights!r} is neither 'imagenet', 'random' nor an "
                            "existing file")
     state = _imagenet_state(backbone) if path is None else read_weights(path)
     source = "model.weights (ImageNet)" if path is None else str(path)
-    return _fill(backbone, _slice(backbone.meta_layers(), start, stop), state, source)
+    layers = nn.Sequential(*list(backbone.meta_layers())[start:stop])
+    return _fill(backbone, layers, start, state, source)
 
 
 def frozen_part(backbone: Backbone, weights: str, frozen: int) -> FrozenPart:

@@ -123,11 +123,17 @@ class FeatureExtractor:
         size = self.config.image_size
         return self(torch.from_numpy(np.stack([model_input(im, size) for im in images])))
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Each feature's shape for one image (from one black image run through)."""
+    def specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Each feature's shape for one image and its dtype, as `__call__` returns them (from
+        one black image run through)."""
         size = self.config.image_size
         out = self(torch.zeros(1, size, size, 3, dtype=torch.uint8))
-        return {name: tuple(value.shape[1:]) for name, value in out.items()}
+        return {name: (tuple(value.shape[1:]), np.dtype(str(value.dtype).removeprefix("torch.")))
+                for name, value in out.items()}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each feature's shape for one image."""
+        return {name: shape for name, (shape, _) in self.specs().items()}
 
 
 class ImageTensors(Dataset):
@@ -189,14 +195,12 @@ def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
 
 def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
                workers: int) -> dict:
-    shapes = extractor.shapes()
+    specs = extractor.specs()  # the dtypes each feature is stored in, as computed
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=extractor.device.type == "cuda",
                         persistent_workers=False)
-    dtypes = {name: (extractor.config.storage_dtype if name == "trunk" else np.dtype(np.float32))
-              for name in FEATURE_KINDS}
-    writers = {name: NpyWriter(out_dir / f"{name}.npy", dtypes[name], (len(store), *shapes[name]))
-               for name in FEATURE_KINDS}
+    writers = {name: NpyWriter(out_dir / f"{name}.npy", dtype, (len(store), *shape))
+               for name, (shape, dtype) in specs.items()}
     try:
         for batch in progress(loader, desc="featurize", unit="batch"):
             for name, value in extractor(batch).items():
@@ -208,8 +212,8 @@ def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: in
     for writer in writers.values():
         writer.close()
     meta = {"n_images": len(store), "extractor": asdict(extractor.config),
-            "features": {name: {"shape": list(shapes[name]), "dtype": dtypes[name].name}
-                         for name in FEATURE_KINDS},
+            "features": {name: {"shape": list(shape), "dtype": dtype.name}
+                         for name, (shape, dtype) in specs.items()},
             "torch": torch.__version__}
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -20,8 +20,9 @@ BACKBONES = {
 N_CONVS = BACKBONES["vgg16"][1]
 #: ``model.weights`` keywords (anything else must be a state_dict file).
 WEIGHT_CHOICES = ("imagenet", "random")
-#: ``model.head``: the paper's flatten head, global-average-pooled, or pooled at every scale.
-HEADS = ("flatten", "gap", "multiscale")
+#: ``model.head``: the paper's flatten head, global-average-pooled, pooled at every scale, or
+#: that plus pooled regions (bands, quadrants, a centre prior: the person over the background).
+HEADS = ("flatten", "gap", "multiscale", "regions")
 #: Named features the feature extractor returns (`fashiondvc.features.FEATURE_KINDS`);
 #: ``model.inputs`` picks the ones a head takes (``trunk`` always).
 FEATURE_KINDS = ("trunk", "side", "colour")
@@ -33,3 +34,5 @@ POS_WEIGHTS = ("k", "frequency")
 SELECTIONS = ("last", "best")
 #: ``evaluate.thresholds``: ``evaluate.threshold`` for every label, or tuned per label.
 THRESHOLDS = ("fixed", "tuned")
+#: ``evaluate.tta``: no test-time augmentation, or the mean over each image and its mirror.
+TTAS = ("none", "flip")

@@ -179,39 +179,54 @@ class NpyWriter:
             raise FashionError(f"{self.path}: wrote {self.rows} of {self.shape[0]} rows")
 
 
+def feature_file(name: str, mirror: bool = False) -> str:
+    """File name of the stored ``name`` features, or of those of the mirrored images."""
+    return f"{name}{MIRROR_SUFFIX if mirror else ''}.npy"
+
+
+MIRROR_SUFFIX = ".mirror"
+"""``<name>.mirror.npy`` holds the features of each image flipped left to right
+(``featurize.mirror``): what horizontal-flip test-time augmentation averages over."""
+
+
 def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
-              batch_size: int = 32, workers: int = 2) -> dict:
+              batch_size: int = 32, workers: int = 2, mirror: bool = False) -> dict:
     """The featurize stage: one ``<name>.npy`` per feature kind and ``meta.json`` for every
     image of ``store`` (any ``store[i] -> uint8 (H, W, 3)``, `fashiondvc.store.ImageStore`).
 
-    Rows follow the store's order; the files are streamed, so peak memory is a few batches
-    whatever the dataset. ``out_dir`` gets all files, or none. Returns the metadata written.
+    With ``mirror``, also ``<name>.mirror.npy``: the features of every image flipped left to
+    right (twice the time). Rows follow the store's order; the files are streamed, so peak
+    memory is a few batches whatever the dataset. ``out_dir`` gets all files, or none. Returns
+    the metadata written.
     """
     from fashiondvc.io import atomic_path
 
     with atomic_path(out_dir, is_dir=True) as tmp:
-        return _featurize(store, extractor, tmp, batch_size, workers)
+        return _featurize(store, extractor, tmp, batch_size, workers, mirror)
 
 
 def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
-               workers: int) -> dict:
+               workers: int, mirror: bool) -> dict:
     specs = extractor.specs()  # the dtypes each feature is stored in, as computed
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=extractor.device.type == "cuda",
                         persistent_workers=False)
-    writers = {name: NpyWriter(out_dir / f"{name}.npy", dtype, (len(store), *shape))
-               for name, (shape, dtype) in specs.items()}
+    views = (False, True) if mirror else (False,)
+    writers = {(name, flip): NpyWriter(out_dir / feature_file(name, flip), dtype,
+                                       (len(store), *shape))
+               for name, (shape, dtype) in specs.items() for flip in views}
     try:
         for batch in progress(loader, desc="featurize", unit="batch"):
-            for name, value in extractor(batch).items():
-                writers[name].append(value.numpy())
+            for flip in views:  # batches are (n, H, W, 3): dim 2 runs left to right
+                for name, value in extractor(batch.flip(2) if flip else batch).items():
+                    writers[name, flip].append(value.numpy())
             release_free_memory()
     finally:
         for writer in writers.values():
             writer.handle.close()
     for writer in writers.values():
         writer.close()
-    meta = {"n_images": len(store), "extractor": asdict(extractor.config),
+    meta = {"n_images": len(store), "extractor": asdict(extractor.config), "mirror": mirror,
             "features": {name: {"shape": list(shape), "dtype": dtype.name}
                          for name, (shape, dtype) in specs.items()},
             "torch": torch.__version__}
@@ -244,10 +259,15 @@ class StoredFeatures:
             raise FashionError(f"{meta_path}: unreadable features metadata ({exc}); rerun "
                                "the featurize stage") from None
         self.n_images = int(self.meta["n_images"])
+        self.mirror = bool(self.meta.get("mirror", False))
 
-    def array(self, name: str) -> np.ndarray:
-        """The ``name`` array, memory-mapped read-only; read rows with `read_rows`."""
-        path = self.folder / f"{name}.npy"
+    def array(self, name: str, mirror: bool = False) -> np.ndarray:
+        """The ``name`` array (of the mirrored images with ``mirror``), memory-mapped
+        read-only; read rows with `read_rows`."""
+        if mirror and not self.mirror:
+            raise FashionError(f"{self.folder}: no mirrored features; set featurize.mirror: "
+                               "true and rerun featurize")
+        path = self.folder / feature_file(name, mirror)
         if name not in self.shapes or not path.is_file():
             raise FashionError(f"{path} does not exist: rerun the featurize stage")
         try:
@@ -260,8 +280,8 @@ class StoredFeatures:
                                f"{(self.n_images, *self.shapes[name])}; rerun featurize")
         return array
 
-    def arrays(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        return {name: self.array(name) for name in names}
+    def arrays(self, names: Sequence[str], mirror: bool = False) -> dict[str, np.ndarray]:
+        return {name: self.array(name, mirror) for name in names}
 
 
 RAM_BUDGET_BYTES = 3 * 2**29

@@ -29,6 +29,7 @@ from fashiondvc.choices import (
     PRECISIONS,
     SELECTIONS,
     THRESHOLDS,
+    TTAS,
     WEIGHT_CHOICES,
 )
 from fashiondvc.errors import FashionError
@@ -176,6 +177,7 @@ CONSTRAINTS: dict[str, Any] = {
     "featurize.batch_size": Integer(1),
     "featurize.workers": Integer(0),
     "featurize.device": Text(),
+    "featurize.mirror": Options((False, True)),
     "train.epochs": Integer(1),
     "train.batch_size": Integer(1),
     "train.optimizer": Options(OPTIMIZERS),
@@ -191,6 +193,7 @@ CONSTRAINTS: dict[str, Any] = {
     "train.precision": Options(PRECISIONS),
     "evaluate.threshold": Number(0, 1, open_low=True, open_high=True),
     "evaluate.thresholds": Options(THRESHOLDS),
+    "evaluate.tta": Options(TTAS),
     "search.images": Text(optional=True),
     "search.top": Integer(1),
 }
@@ -203,6 +206,9 @@ def _cross_checks(raw: Mapping[str, Any]) -> None:
             if raw[key] == value:
                 raise FashionError(f"{key}: {value!r} needs validation photos; set "
                                    "split.val_size > 0")
+    if raw["evaluate.tta"] == "flip" and not raw["featurize.mirror"]:
+        raise FashionError("evaluate.tta: 'flip' needs the mirrored features; set "
+                           "featurize.mirror: true")
     if raw["split.test_size"] + raw["split.val_size"] >= 1:
         raise FashionError("split.val_size: split.test_size + split.val_size must be < 1, got "
                            f"{raw['split.test_size']} + {raw['split.val_size']}")
@@ -265,6 +271,7 @@ class FeaturizeParams:
     batch_size: int
     workers: int
     device: str
+    mirror: bool
 
 
 @dataclass(frozen=True)
@@ -288,6 +295,7 @@ class TrainParams:
 class EvaluateParams:
     threshold: float
     thresholds: str
+    tta: str
 
 
 @dataclass(frozen=True)

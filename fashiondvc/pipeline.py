@@ -62,7 +62,8 @@ class Pipeline:
         extractor = extractor or FeatureExtractor(ExtractorConfig.from_params(self.params),
                                                   device=options.device)
         return featurize(ImageStore(self.augmented), extractor, self.features,
-                         batch_size=options.batch_size, workers=options.workers)
+                         batch_size=options.batch_size, workers=options.workers,
+                         mirror=options.mirror)
 
     def train(self, **kwargs):
         from fashiondvc.train import train

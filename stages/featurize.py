@@ -16,7 +16,8 @@ def main() -> None:
     start = time.perf_counter()
     extractor = FeatureExtractor(ExtractorConfig.from_params(params), device=options.device)
     meta = featurize(ImageStore(sys.argv[1]), extractor, sys.argv[2],
-                     batch_size=options.batch_size, workers=options.workers)
+                     batch_size=options.batch_size, workers=options.workers,
+                     mirror=options.mirror)
     seconds = time.perf_counter() - start
     shapes = ", ".join(f"{k} {tuple(v['shape'])}" for k, v in meta["features"].items())
     print(f"featurize: {meta['n_images']} images -> {shapes} in {seconds:.1f}s "

@@ -19,16 +19,38 @@ def _search(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from fashiondvc.index import SearchIndex
-    from fashiondvc.search import Searcher, default_top, format_text, parse_where
+    from fashiondvc.search import (
+        Searcher,
+        default_top,
+        format_text,
+        format_words,
+        parse_where,
+        rank_text,
+    )
+    from fashiondvc.words import parse_text
 
+    if (args.photo is None) == (args.text is None):
+        raise FashionError("search: give a photo or --text WORDS (one of the two)")
+    top = args.top or default_top()
+    index = SearchIndex.load(args.index)
+    if args.text is not None:  # the index alone answers: no network to load
+        if args.where:
+            raise FashionError("--where: filters a photo query; write the words in --text")
+        query = parse_text(args.text, index.labels)
+        hits, matches = rank_text(index, query, top=top)
+        result = {"text": args.text, "include": list(query.include),
+                  "exclude": list(query.exclude), "threshold": index.threshold,
+                  "matches": matches, "results": [vars(hit) for hit in hits]}
+        for hit in result["results"]:
+            hit["file"] = str(index.root / hit["path"])
+        print(json.dumps(result, indent=2) if args.json else format_words(result, index))
+        return
     photo = Path(args.photo)
     if not photo.is_file():
         raise FashionError(f"{photo}: no such file")
-    index = SearchIndex.load(args.index)
     where = parse_where(args.where, index.labels)  # fail fast, before loading the network
     searcher = Searcher.open(index, args.model)
-    result = searcher.query(photo.read_bytes(), str(photo), top=args.top or default_top(),
-                            where=where)
+    result = searcher.query(photo.read_bytes(), str(photo), top=top, where=where)
     if args.json:
         result.pop("embedding")
         for hit in result["results"]:
@@ -44,9 +66,39 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.index, args.model, host=args.host, port=args.port, top=args.top)
 
 
+def _index(args: argparse.Namespace) -> None:
+    import time
+
+    from fashiondvc.index import build_index
+    from fashiondvc.registry import open_model
+
+    start = time.perf_counter()
+    opened = open_model(args.model, args.tta)
+    index, counts = build_index(args.model, args.images, args.out,
+                                threshold=args.threshold, predictor=opened.predictor,
+                                model_sha256=opened.sha256)
+    print(f"index: {len(index)} photos of {args.images} with {opened.description} -> "
+          f"{args.out} in {time.perf_counter() - start:.1f}s ({counts['computed']} featurized, "
+          f"{counts['reused']} reused, {counts['skipped']} skipped)")
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from fashiondvc.mlmodel import REGISTERED_NAME
+    from fashiondvc.registry import promote
+
+    version = promote(args.experiment, args.alias)
+    print(f"models:/{REGISTERED_NAME}@{args.alias} -> version {version.version} (experiment "
+          f"{version.tags.get('dvc.experiment', '?')}, run {version.run_id})")
+
+
 def _add_search_commands(commands: argparse._SubParsersAction) -> None:
-    search = commands.add_parser("search", help="find collection photos similar to a photo")
-    search.add_argument("photo", help="a JPEG or PNG photo")
+    model_help = ("models/net.pt (default), another model file, or a registered model: "
+                  "models:/fashiondvc-attributes@champion")
+    search = commands.add_parser("search", help="find collection photos similar to a photo, "
+                                 "or matching words")
+    search.add_argument("photo", nargs="?", default=None, help="a JPEG or PNG photo")
+    search.add_argument("--text", default=None, metavar="WORDS",
+                        help="words instead of a photo, e.g. 'red and white stripes, no scarf'")
     search.add_argument("--top", type=int, default=None,
                         help="results to show (default: search.top in params.yaml, else 10)")
     search.add_argument("--where", default=None, metavar="ATTR[,ATTR...]",
@@ -58,8 +110,34 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--top", type=int, default=None, help="results per query")
     for command, handler in ((search, _search), (serve, _serve)):
         command.add_argument("--index", default="data/index", help="default data/index")
-        command.add_argument("--model", default="models/net.pt", help="default models/net.pt")
+        command.add_argument("--model", default="models/net.pt", help=model_help)
         command.set_defaults(handler=handler)
+    index = commands.add_parser("index", help="index a photo folder with a model file or a "
+                                "registered model (the index stage does it for models/net.pt)")
+    index.add_argument("--model", required=True, help=model_help)
+    index.add_argument("--images", default="data/ingested/images",
+                       help="photo folder (default: the ingested photos)")
+    index.add_argument("--out", required=True, help="index folder, e.g. data/index-champion")
+    index.add_argument("--threshold", type=_probability, default=0.5,
+                       help="decision threshold of the shown attributes (default 0.5)")
+    index.add_argument("--tta", choices=("none", "flip"), default=None,
+                       help="test-time augmentation (default: the model's, as logged)")
+    index.set_defaults(handler=_index)
+    promote = commands.add_parser("promote", help="point a registry alias (default champion) "
+                                  "at the model registered by a DVC experiment")
+    promote.add_argument("experiment", help="DVC experiment name (dvc exp show), or a version")
+    promote.add_argument("--alias", default="champion", help="default champion")
+    promote.set_defaults(handler=_promote)
+
+
+def _probability(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
+    return number
 
 
 def _paper_queue(args: argparse.Namespace) -> None:

@@ -32,7 +32,8 @@ class Evaluation:
 
 
 def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold: float = 0.5,
-             thresholds: str = "fixed", batch_size: int = 256) -> Evaluation:
+             thresholds: str = "fixed", tta: str = "none", batch_size: int = 256
+             ) -> Evaluation:
     """Metrics of ``net`` on the test rows, the train rows, both together, and validation.
 
     The headline holds the test metrics unprefixed (at the chosen thresholds), ``train_*`` and
@@ -40,7 +41,12 @@ def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold:
     ``f1_train_test`` (micro F1 over train and test rows together: the paper's column),
     ``f1_micro_fixed`` (test micro F1 at ``threshold``), and the label-frequency predictor's
     ``baseline_f1_micro`` and ``baseline_map``. The network runs as it trained
-    (``config.train``'s device and precision); ``thresholds`` is ``evaluate.thresholds``.
+    (``config.train``'s device and precision); ``thresholds`` is ``evaluate.thresholds``;
+    with ``tta="flip"`` (``evaluate.tta``; ``data`` loaded with ``mirror=True``) the scores
+    are the mean over each image and its mirror (losses stay those of the images as stored).
+    The headline's ``accuracy_mean`` and ``balanced_accuracy`` are means over attributes of
+    their accuracy and balanced accuracy (`metrics.balanced_accuracy`), the figures the
+    literature on this dataset reports.
     """
     names, train_config = list(config.labels), config.train
     target = resolve_device(train_config.device)
@@ -49,6 +55,10 @@ def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold:
     everything = data.subset(np.arange(len(data)))
     outputs = predict(net, everything, target, train_config.precision, batch_size=batch_size)
     probs = net.probabilities(outputs.to(target)).cpu().numpy()
+    if tta == "flip":
+        mirrored = predict(net, data.subset(everything.rows, mirror=True), target,
+                           train_config.precision, batch_size=batch_size)
+        probs = (probs + net.probabilities(mirrored.to(target)).cpu().numpy()) / 2
     y, m = data.targets, data.mask.astype(bool)
     if thresholds == "tuned":
         cut = metrics.tune_thresholds(y[data.val_rows], probs[data.val_rows],
@@ -79,12 +89,15 @@ def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold:
         "accuracy_labelwise": test["accuracy_labelwise"],
         "accuracy_exact": test["accuracy_exact"],
         "accuracy_keras": test["accuracy_keras"],
+        "accuracy_mean": test["accuracy_mean"],
+        "balanced_accuracy": test["balanced_accuracy_mean"],
         "map": test["mean_average_precision"],
         "train_loss": train["loss"],
         "test_loss": test["loss"],
         "train_f1_micro": train["f1_micro"],
         "baseline_f1_micro": baseline["f1_micro"],
         "baseline_map": baseline["map"],
+        "baseline_accuracy_mean": baseline["accuracy_mean"],
         "n_train": train["n_images"],
         "n_test": test["n_images"],
     }
@@ -104,8 +117,8 @@ def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.Pa
     """The evaluate stage: write ``metrics.json``, ``per_attribute.csv``, ``pr_curves.csv`` and
     ``plots/`` into ``out_dir``; return the headline (``metrics.json``'s content).
 
-    ``params`` is the validated `fashiondvc.params.Params` (``evaluate.threshold`` and
-    ``evaluate.thresholds``); everything else comes with the saved model.
+    ``params`` is the validated `fashiondvc.params.Params` (``evaluate.threshold``,
+    ``evaluate.thresholds`` and ``evaluate.tta``); everything else comes with the saved model.
     """
     import json
     from pathlib import Path
@@ -118,12 +131,13 @@ def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.Pa
 
     out = Path(out_dir)
     net, config = load_net(model_path)
+    options = params.evaluate
     data = load_splits(labels_csv, split_csv, features_dir, config.labels, config.inputs,
-                       extractor=config.extractor)
-    result = evaluate(net, data, config, threshold=params.evaluate.threshold,
-                      thresholds=params.evaluate.thresholds)
+                       extractor=config.extractor, mirror=options.tta == "flip")
+    result = evaluate(net, data, config, threshold=options.threshold,
+                      thresholds=options.thresholds, tta=options.tta)
     manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())
-    headline = {**result.headline, **retrieval_metrics(net, data, split_csv),
+    headline = {**result.headline, **retrieval_metrics(net, data, split_csv, tta=options.tta),
                 "n_skipped": manifest["n_skipped"]}
     write_json(out / "metrics.json", headline)
     write_csv(out / "per_attribute.csv", result.per_attribute)

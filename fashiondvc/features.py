@@ -117,11 +117,14 @@ class FeatureExtractor:
         return {"trunk": trunk.to(self.stored).contiguous().cpu(), "side": side.cpu(),
                 "colour": torch.from_numpy(colour_histograms(images.cpu().numpy()))}
 
-    def photos(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    def photos(self, images: Sequence[Image.Image], mirror: bool = False
+               ) -> dict[str, torch.Tensor]:
         """Named features of upright RGB photos, through the training path: resized and
-        JPEG-stored as the augment stage stores copy 0 (`preprocess.model_input`)."""
+        JPEG-stored as the augment stage stores copy 0 (`preprocess.model_input`); with
+        ``mirror``, of those inputs flipped left to right, as `featurize` mirrors them."""
         size = self.config.image_size
-        return self(torch.from_numpy(np.stack([model_input(im, size) for im in images])))
+        batch = torch.from_numpy(np.stack([model_input(im, size) for im in images]))
+        return self(batch.flip(2) if mirror else batch)
 
     def specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Each feature's shape for one image and its dtype, as `__call__` returns them (from

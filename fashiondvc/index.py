@@ -59,6 +59,7 @@ class SearchIndex:
     image_size: int = 224
     precision: str = "fp32"
     skipped: list[str] = field(default_factory=list)
+    tta: str = "none"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,7 +94,8 @@ class SearchIndex:
             (tmp / META_FILE).write_text(json.dumps({
                 "root": root.as_posix(), "labels": self.labels, "threshold": self.threshold,
                 "model_sha256": self.model_sha256, "image_size": self.image_size,
-                "precision": self.precision, "n_images": len(self), "skipped": self.skipped},
+                "precision": self.precision, "tta": self.tta, "n_images": len(self),
+                "skipped": self.skipped},
                 indent=2) + "\n")
 
     @classmethod
@@ -119,7 +121,7 @@ class SearchIndex:
                    labels=list(meta["labels"]), probs=probs, embeddings=embeddings,
                    threshold=float(meta["threshold"]), model_sha256=meta["model_sha256"],
                    image_size=int(meta["image_size"]), precision=meta.get("precision", "fp32"),
-                   skipped=list(meta.get("skipped", [])))
+                   skipped=list(meta.get("skipped", [])), tta=meta.get("tta", "none"))
 
 
 def collection_files(folder: str | os.PathLike) -> list[Path]:
@@ -137,10 +139,12 @@ def collection_files(folder: str | os.PathLike) -> list[Path]:
 
 def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, *, threshold: float = 0.5, batch_size: int = 16,
-                predictor: Predictor | None = None) -> tuple[SearchIndex, dict[str, int]]:
+                predictor: Predictor | None = None, tta: str = "none",
+                model_sha256: str | None = None) -> tuple[SearchIndex, dict[str, int]]:
     """Index every photo under ``images_dir`` into ``out_dir``.
 
-    Each photo goes through ``predictor`` (default: the model's, `Predictor.from_file`). Rows
+    Each photo goes through ``predictor`` (default: the model's, `Predictor.from_file`, with
+    ``tta``, ``evaluate.tta``; a given one comes with its network file's ``model_sha256``). Rows
     of an existing index at ``out_dir`` built with the same model are reused for photos whose
     bytes did not change. Unreadable images are skipped and listed in ``meta.json``.
 
@@ -152,8 +156,8 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     """
     images_dir = Path(images_dir)
     files = collection_files(images_dir)
-    model_sha = sha256_file(model_path)
-    predictor = predictor or Predictor.from_file(model_path)
+    model_sha = model_sha256 or sha256_file(model_path)
+    predictor = predictor or Predictor.from_file(model_path, tta)
     cache = _previous_rows(out_dir, model_sha, predictor)
     paths, hashes, probs, embeddings, skipped = [], [], [], [], []
     pending: list[tuple[int, Image.Image]] = []
@@ -199,54 +203,56 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
         probs=np.stack(probs).reshape(len(paths), len(predictor.labels)),
         embeddings=np.stack(embeddings).reshape(len(paths), hidden), threshold=threshold,
         model_sha256=model_sha, image_size=predictor.image_size,
-        precision=predictor.precision, skipped=skipped)
+        precision=predictor.precision, skipped=skipped, tta=predictor.tta)
     index.save(out_dir)
     return index, counts
 
 
 def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str | os.PathLike,
                               split_csv: str | os.PathLike, features_dir: str | os.PathLike,
-                              out_dir: str | os.PathLike, *, threshold: float = 0.5
-                              ) -> SearchIndex:
+                              out_dir: str | os.PathLike, *, threshold: float = 0.5,
+                              tta: str = "none") -> SearchIndex:
     """Index the ingested photos from the stored features of their copy 0: no trunk pass.
 
     Copy 0 of a photo is the photo resized, JPEG-stored and run through the feature extractor
-    exactly as `Predictor` runs a query, so the rows equal what `build_index` would compute,
-    in seconds instead of minutes.
+    exactly as `Predictor` runs a query (its mirror as `Predictor` mirrors it with
+    ``tta="flip"``), so the rows equal what `build_index` would compute, in seconds instead
+    of minutes.
     """
     import pandas as pd
     import torch
 
     from fashiondvc.net import load_net
-    from fashiondvc.rows import load_splits, predict
+    from fashiondvc.rows import load_splits, scores
 
     net, config = load_net(model_path)
     images = Path(ingested_dir) / "images"
     data = load_splits(Path(ingested_dir) / "labels.csv", split_csv, features_dir,
-                       config.labels, config.inputs, extractor=config.extractor)
+                       config.labels, config.inputs, extractor=config.extractor,
+                       mirror=tta == "flip")
     split = pd.read_csv(split_csv).sort_values("index")
     rows = np.flatnonzero(split["copy"].to_numpy() == 0)
     paths = [f"{int(i):06d}.jpg" for i in split["image_id"].to_numpy()[rows]]
-    outputs, embedded = predict(net, data.subset(rows), torch.device("cpu"), embeddings=True)
+    probs, embedded = scores(net, data, rows, torch.device("cpu"), tta=tta)
     index = SearchIndex(
         root=images, paths=paths, hashes=[sha256_file(images / p) for p in paths],
-        labels=list(config.labels), probs=net.probabilities(outputs).numpy(),
-        embeddings=l2_normalize(embedded.numpy()), threshold=threshold,
-        model_sha256=sha256_file(model_path), image_size=config.extractor.image_size,
-        precision=config.extractor.precision)
+        labels=list(config.labels), probs=probs, embeddings=l2_normalize(embedded),
+        threshold=threshold, model_sha256=sha256_file(model_path),
+        image_size=config.extractor.image_size, precision=config.extractor.precision, tta=tta)
     index.save(out_dir)
     return index
 
 
 def _previous_rows(folder: str | os.PathLike, model_sha: str,
                    predictor: Predictor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``sha256 -> (probs, embedding)`` from an index of the same model and precision, else {}."""
+    """``sha256 -> (probs, embedding)`` from an index of the same model, precision and TTA,
+    else {}."""
     try:
         old = SearchIndex.load(folder)
     except (FashionError, OSError, ValueError, KeyError, TypeError):
         return {}
-    if (old.model_sha256, old.labels, old.precision) != (model_sha, predictor.labels,
-                                                         predictor.precision):
+    if (old.model_sha256, old.labels, old.precision, old.tta) != (
+            model_sha, predictor.labels, predictor.precision, predictor.tta):
         return {}
     return {h: (old.probs[i], old.embeddings[i]) for i, h in enumerate(old.hashes)}
 
@@ -270,9 +276,10 @@ def index_collection(params, model_path: str | os.PathLike, ingested: str | os.P
     ``skipped`` photo counts."""
     from fashiondvc.io import repo_path
 
-    threshold, images = params.evaluate.threshold, params.search.images
+    threshold, tta, images = (params.evaluate.threshold, params.evaluate.tta,
+                              params.search.images)
     if images is None:
         index = build_index_from_features(model_path, ingested, split_csv, features_dir,
-                                          out_dir, threshold=threshold)
+                                          out_dir, threshold=threshold, tta=tta)
         return index, {"computed": 0, "reused": len(index), "skipped": 0}
-    return build_index(model_path, repo_path(images), out_dir, threshold=threshold)
+    return build_index(model_path, repo_path(images), out_dir, threshold=threshold, tta=tta)

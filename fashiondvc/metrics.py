@@ -48,15 +48,45 @@ def micro_f1(y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None = N
     return float(_f1(tp.sum(), fp.sum(), fn.sum()))
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """Per-label balanced accuracy: the mean of the true positive and true negative rates.
+
+    Unlike plain accuracy it is 0.5 for any constant prediction, however rare the label
+    (Brodersen et al., "The balanced accuracy and its posterior distribution", ICPR 2010;
+    sklearn's ``balanced_accuracy_score``). A label without both classes observed gets NaN.
+    Returns shape (n_labels,), float64.
+    """
+    y_true, y_pred, mask = _check(y_true, y_pred, mask)
+    y_pred = y_pred.astype(bool)
+    positives, negatives = (y_true & mask).sum(0), (~y_true & mask).sum(0)
+    tpr = np.divide((y_true & y_pred & mask).sum(0), positives, out=np.full(len(positives),
+                    np.nan), where=positives > 0)
+    tnr = np.divide((~y_true & ~y_pred & mask).sum(0), negatives, out=np.full(len(negatives),
+                    np.nan), where=negatives > 0)
+    return (tpr + tnr) / 2
+
+
+def label_accuracy(y_true: np.ndarray, y_pred: np.ndarray, mask: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Per-label accuracy over the observed entries (NaN where none), shape (n_labels,)."""
+    y_true, y_pred, mask = _check(y_true, y_pred, mask)
+    correct = ((y_pred.astype(bool) == y_true) & mask).sum(0)
+    seen = mask.sum(0)
+    return np.divide(correct, seen, out=np.full(len(seen), np.nan), where=seen > 0)
+
+
 def per_label(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
               names: Sequence[str], threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
-    """Per-attribute support, precision, recall, F1, accuracy, average precision, threshold.
+    """Per-attribute support, precision, recall, F1, accuracy, balanced accuracy, average
+    precision, threshold.
 
     ``evaluated`` is False for a label never observed in these rows: its metrics are NaN.
     """
     y_true_b, probs, mask = _check(y_true, probs, mask)
     thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (probs.shape[1],))
     tp, fp, fn = confusion(y_true_b, probs >= thresholds, mask)
+    balanced = balanced_accuracy(y_true_b, probs >= thresholds, mask)
     nan = float("nan")
     rows = []
     for j, name in enumerate(names):
@@ -76,6 +106,7 @@ def per_label(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
                                                                             else nan),
             "f1": float(_f1(tp[j], fp[j], fn[j])) if seen else nan,
             "accuracy": float(((scores >= thresholds[j]) == truth).mean()) if seen else nan,
+            "balanced_accuracy": float(balanced[j]),
             "average_precision": (float(average_precision_score(truth, scores)) if has_both
                                   else nan),
         })
@@ -98,8 +129,9 @@ def summary(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
             threshold: float | np.ndarray = 0.5) -> dict[str, float]:
     """Headline metrics of one subset: micro/macro F1, accuracies, mAP.
 
-    ``f1_macro`` averages the labels observed at least once; ``mean_average_precision`` the
-    labels with both classes observed (NaN if none).
+    ``f1_macro`` and ``accuracy_mean`` (mean per-attribute accuracy, the literature's figure)
+    average the labels observed at least once; ``balanced_accuracy_mean`` and
+    ``mean_average_precision`` the labels with both classes observed (NaN if none).
     """
     y_true_b, probs, mask = _check(y_true, probs, mask)
     y_pred = probs >= np.asarray(threshold, dtype=np.float64)
@@ -109,9 +141,15 @@ def summary(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | None,
     ap = [average_precision_score(y_true_b[mask[:, j], j], probs[mask[:, j], j])
           for j in range(y_true_b.shape[1])
           if 0 < y_true_b[mask[:, j], j].sum() < mask[:, j].sum()]
+    balanced = balanced_accuracy(y_true_b, y_pred, mask)
+    nan = float("nan")
     return {
         "f1_micro": float(_f1(tp.sum(), fp.sum(), fn.sum())),
-        "f1_macro": float(_f1(tp, fp, fn)[seen].mean()) if seen.any() else float("nan"),
+        "f1_macro": float(_f1(tp, fp, fn)[seen].mean()) if seen.any() else nan,
+        "accuracy_mean": float(np.nanmean(label_accuracy(y_true_b, y_pred, mask)))
+        if seen.any() else nan,
+        "balanced_accuracy_mean": float(np.nanmean(balanced)) if np.isfinite(balanced).any()
+        else nan,
         "accuracy_labelwise": float((correct & mask).sum() / max(mask.sum(), 1)),
         "accuracy_exact": float(correct.all(axis=1).mean()) if len(correct) else 0.0,
         "accuracy_keras": keras_accuracy(y_true_b & mask, probs),
@@ -167,11 +205,14 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, mask: np.ndarray | No
 
 def frequency_baseline(train_y: np.ndarray, train_mask: np.ndarray, test_y: np.ndarray,
                        test_mask: np.ndarray) -> dict[str, float]:
-    """Micro-F1 and mAP on test of a predictor that never looks at the image.
+    """Micro-F1, mAP and mean per-attribute accuracy on test of predictors that never look
+    at the image.
 
     It scores every image with the training frequency of each label (so its AP per label is
     the label's test prevalence) and predicts positive the labels that, always predicted, give
     the best training micro-F1 (the most frequent ones first): the best constant predictor.
+    ``accuracy_mean`` is that of the majority class of each label (its balanced accuracy is
+    0.5 by definition): what plain accuracy credits a model for knowing nothing.
     """
     train_y, _, train_mask = _check(train_y, train_y, train_mask)
     test_y, _, test_mask = _check(test_y, test_y, test_mask)
@@ -187,5 +228,7 @@ def frequency_baseline(train_y: np.ndarray, train_mask: np.ndarray, test_y: np.n
     chosen = np.zeros(len(order), dtype=bool)
     chosen[order[:best_k]] = True
     scores = np.broadcast_to(frequency, test_y.shape).astype(np.float64)
+    majority = np.broadcast_to(frequency >= 0.5, test_y.shape)
     return {"f1_micro": micro_f1(test_y, np.broadcast_to(chosen, test_y.shape), test_mask),
-            "map": mean_average_precision(test_y, scores, test_mask)}
+            "map": mean_average_precision(test_y, scores, test_mask),
+            "accuracy_mean": float(np.nanmean(label_accuracy(test_y, majority, test_mask)))}

@@ -97,6 +97,39 @@ def _find_or_log_trunk(client, exp_id: str, key: str, config) -> tuple[str, str]
     return f"runs:/{trunk_run.info.run_id}/frozen.pt", digest
 
 
+def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str | None = None):
+    """The `Predictor` of a logged model: its ``net.pt`` plus the trunk in the store.
+
+    ``settings`` is the pyfunc's ``model_config`` (``trunk_uri``, ``trunk_sha256``, ``tta``);
+    ``tta`` overrides the logged one. Only the frozen layers are built, allocated empty and
+    filled from the store after the sha256 check.
+
+    Raises
+    ------
+    FashionError
+        If the stored trunk's content no longer matches the sha256 logged with the model.
+    """
+    import mlflow
+    import torch
+
+    from fashiondvc import backbones
+    from fashiondvc.errors import FashionError
+    from fashiondvc.features import FeatureExtractor
+    from fashiondvc.net import load_net
+    from fashiondvc.predictor import Predictor
+
+    net, config = load_net(net_path)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=settings["trunk_uri"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state_sha256(state) != settings["trunk_sha256"]:
+        raise FashionError(f"{settings['trunk_uri']}: trunk weights changed (sha256 mismatch)")
+    ex = config.extractor
+    part = backbones.empty_part(backbones.get(ex.backbone), ex.frozen, trainable=False)
+    part.load_state_dict(state)
+    return Predictor(net, config, FeatureExtractor(ex, part=part),
+                     tta=tta or settings.get("tta", "none"))
+
+
 def _python_model():
     import mlflow.pyfunc
 
@@ -104,27 +137,8 @@ def _python_model():
         """Photos (paths or bytes) -> a DataFrame of attribute probabilities, one row each."""
 
         def load_context(self, context) -> None:
-            import mlflow
-            import torch
-
-            from fashiondvc import backbones
-            from fashiondvc.errors import FashionError
-            from fashiondvc.features import FeatureExtractor
-            from fashiondvc.net import load_net
-            from fashiondvc.predictor import Predictor
-
-            settings = context.model_config
-            net, config = load_net(context.artifacts["net"])
-            path = mlflow.artifacts.download_artifacts(artifact_uri=settings["trunk_uri"])
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if state_sha256(state) != settings["trunk_sha256"]:
-                raise FashionError(f"{settings['trunk_uri']}: trunk weights changed "
-                                   "(sha256 mismatch)")
-            # only the frozen layers, allocated empty and filled from the store
-            ex = config.extractor
-            part = backbones.empty_part(backbones.get(ex.backbone), ex.frozen, trainable=False)
-            part.load_state_dict(state)
-            self.predictor = Predictor(net, config, FeatureExtractor(ex, part=part))
+            self.predictor = predictor_from_store(context.artifacts["net"],
+                                                  context.model_config)
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
@@ -171,9 +185,11 @@ def signature(labels: list[str]):
                           outputs=Schema([ColSpec("double", name) for name in labels]))
 
 
-def log_model(run, model_path: str | os.PathLike, dataset_sha256: str) -> str:
+def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str = "none"
+              ) -> str:
     """Save the pyfunc model into ``run`` (a `fashiondvc.tracking.TrackedRun`), register it;
-    return ``models:/<name>/<version>``."""
+    return ``models:/<name>/<version>``. ``tta`` (``evaluate.tta``) is how it scores photos,
+    as the evaluate stage scored them."""
     import mlflow.pyfunc
 
     import fashiondvc
@@ -186,7 +202,7 @@ def log_model(run, model_path: str | os.PathLike, dataset_sha256: str) -> str:
         folder = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
             folder, python_model=_python_model(), artifacts={"net": str(model_path)},
-            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha},
+            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha, "tta": tta},
             signature=signature(list(config.labels)),
             code_paths=[str(Path(fashiondvc.__file__).parent)],
             pip_requirements=["torch", "torchvision", "pillow", "numpy", "pandas", "mlflow"])

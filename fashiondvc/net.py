@@ -14,6 +14,12 @@ head; every other input (``side``, ``colour``) is a vector concatenated beside i
     Global average and max of the conv output, batch-normalised together with the vector
     inputs: with ``side`` (average and max of pool1..pool4) colour and texture from the early
     layers as well as parts from the last ones (hypercolumns, Hariharan et al. 2015).
+``regions``
+    ``multiscale`` plus the conv output averaged over regions where clothes are: three
+    horizontal bands (head and shoulders, torso, legs), four quadrants, and a centred Gaussian
+    prior (sigma a quarter of the map), since each photo shows one person, usually centred.
+    Region pooling as in Gong et al., "Multi-scale orderless pooling of deep convolutional
+    activation features" (ECCV 2014) and the spatial pyramid of He et al. (SPP-net, 2014).
 
 With vector inputs beside the trunk, every head batch-normalises the concatenation (their
 scales differ by orders of magnitude).
@@ -77,6 +83,18 @@ class LabelPCA(nn.Module):
         return (coords @ self.components + self.mean).clamp(0, 1)
 
 
+#: Grids (rows, columns) the ``regions`` head averages over: bands, then quadrants.
+REGION_GRIDS = ((3, 1), (2, 2))
+
+
+def centre_prior(height: int, width: int, sigma: float = 0.25) -> torch.Tensor:
+    """A centred Gaussian over a (height, width) map, sigma a fraction of each side; sums to 1."""
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height - 0.5
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width - 0.5
+    weights = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma ** 2))
+    return weights / weights.sum()
+
+
 class AttributeNet(nn.Module):
     """The backbone's trainable rest, a head (see the module docstring), and its outputs.
 
@@ -95,11 +113,15 @@ class AttributeNet(nn.Module):
             conv_out = self.convs.eval()(torch.zeros(1, *self.input_shapes["trunk"]))
         self.convs.train()
         channels = conv_out.shape[1]
-        width = {"flatten": conv_out.numel(), "gap": channels, "multiscale": 2 * channels}[head]
+        regions = 2 + sum(rows * cols for rows, cols in REGION_GRIDS) + 1  # + max, centre
+        width = {"flatten": conv_out.numel(), "gap": channels, "multiscale": 2 * channels,
+                 "regions": regions * channels}[head]
+        if head == "regions":
+            self.register_buffer("centre", centre_prior(*conv_out.shape[2:]), persistent=False)
         vectors = [name for name in self.input_shapes if name != "trunk"]
         width += sum(int(np.prod(self.input_shapes[name])) for name in vectors)
         self.vectors = tuple(vectors)
-        self.norm = (nn.BatchNorm1d(width) if head == "multiscale" or vectors
+        self.norm = (nn.BatchNorm1d(width) if head in ("multiscale", "regions") or vectors
                      else nn.Identity())
         self.hidden = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True),
                                     nn.Dropout(dropout))
@@ -116,6 +138,10 @@ class AttributeNet(nn.Module):
             parts = [x.mean(dim=(2, 3))]
         else:
             parts = [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+        if self.head == "regions":
+            parts += [nn.functional.adaptive_avg_pool2d(x, grid).flatten(1)
+                      for grid in REGION_GRIDS]
+            parts.append((x * self.centre.to(x.dtype)).sum(dim=(2, 3)))
         parts += [features[name].flatten(1) for name in self.vectors]
         return self.norm(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 

@@ -28,17 +28,22 @@ MAX_PIXELS = 40_000_000
 
 
 class Predictor:
-    """``net`` (eval mode) with the extractor of its `ModelConfig` (built unless given)."""
+    """``net`` (eval mode) with the extractor of its `ModelConfig` (built unless given).
 
-    def __init__(self, net, config: ModelConfig, extractor: FeatureExtractor | None = None):
-        self.net, self.config = net.eval(), config
+    ``tta`` is ``evaluate.tta``: ``flip`` averages each photo with its mirror (twice the
+    time), as the evaluate and index stages average stored rows (`fashiondvc.rows.scores`).
+    """
+
+    def __init__(self, net, config: ModelConfig, extractor: FeatureExtractor | None = None,
+                 tta: str = "none"):
+        self.net, self.config, self.tta = net.eval(), config, tta
         self.extractor = extractor or FeatureExtractor(config.extractor)
         self.labels = list(config.labels)
         self.image_size = config.extractor.image_size
         self.precision = config.extractor.precision
 
     @classmethod
-    def from_file(cls, model_path: str | os.PathLike) -> Predictor:
+    def from_file(cls, model_path: str | os.PathLike, tta: str = "none") -> Predictor:
         """Load a network saved by the train stage (``models/net.pt``) and its extractor."""
         from dataclasses import replace
 
@@ -47,16 +52,20 @@ class Predictor:
         net, config = load_net(model_path)
         extractor = replace(config.extractor,
                             weights=weights_for_model(config.extractor.weights, model_path))
-        return cls(net, replace(config, extractor=extractor))
+        return cls(net, replace(config, extractor=extractor), tta=tta)
 
     @torch.inference_mode()
     def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """``(probs, embeddings)`` of upright RGB images, shapes (n, n_labels) and (n, hidden),
         float32; embeddings L2-normalised."""
-        features = self.extractor.photos(images)
-        embedded = self.net.embed({name: features[name].float() for name in self.config.inputs})
-        probs = self.net.probabilities(self.net.out(embedded))
-        return probs.numpy().astype(np.float32), l2_normalize(embedded.numpy())
+        probs, embedded = [], []
+        for mirror in ((False, True) if self.tta == "flip" else (False,)):
+            features = self.extractor.photos(images, mirror)
+            hidden = self.net.embed({name: features[name].float() for name in self.config.inputs})
+            probs.append(self.net.probabilities(self.net.out(hidden)).numpy())
+            embedded.append(hidden.numpy())
+        return (np.mean(probs, axis=0).astype(np.float32),
+                l2_normalize(np.mean(embedded, axis=0).astype(np.float32)))
 
     def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(probs, embedding)`` of one encoded photo.

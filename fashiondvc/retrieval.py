@@ -70,22 +70,23 @@ def chance_precision(query_positive: np.ndarray, collection_positive: np.ndarray
     return float(((query_positive[valid] @ rate) / sizes[valid]).mean())
 
 
-def embed_rows(net, data, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def embed_rows(net, data, rows: np.ndarray, batch_size: int = 256, tta: str = "none"
+               ) -> np.ndarray:
     """L2-normalised `AttributeNet.embed` of stored rows ``rows`` of ``data`` (`rows.Splits`),
-    in fp32."""
-    from fashiondvc.rows import predict
+    in fp32; with ``tta="flip"`` of the mean over each image and its mirror."""
+    from fashiondvc.rows import scores
 
     device = next(net.parameters()).device
-    _, embedded = predict(net, data.subset(rows), device, batch_size=batch_size,
-                          embeddings=True)
-    return l2_normalize(embedded.numpy()) if len(embedded) else np.zeros((0, 0), np.float32)
+    _, embedded = scores(net, data, rows, device, tta=tta, batch_size=batch_size)
+    return l2_normalize(embedded) if len(embedded) else np.zeros((0, 0), np.float32)
 
 
-def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10) -> dict[str, float]:
+def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10,
+                      tta: str = "none") -> dict[str, float]:
     """``retrieval_p10`` and ``retrieval_p10_chance``: test copy-0 images against train ones.
 
     Relevance uses the ground-truth labels of ``data`` (see `precision_at_k`); the chance
-    level is `chance_precision`. Empty if undefined.
+    level is `chance_precision`. Empty if undefined. ``tta`` as in `embed_rows`.
     """
     import pandas as pd
 
@@ -96,8 +97,8 @@ def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10) -> d
     if len(queries) == 0 or len(collection) == 0:
         return {}
     positive = (data.targets > 0.5) & data.mask.astype(bool)
-    value = precision_at_k(embed_rows(net, data, queries), positive[queries],
-                           embed_rows(net, data, collection), positive[collection], k)
+    value = precision_at_k(embed_rows(net, data, queries, tta=tta), positive[queries],
+                           embed_rows(net, data, collection, tta=tta), positive[collection], k)
     if np.isnan(value):
         return {}
     return {f"retrieval_p{k}": value,

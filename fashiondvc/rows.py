@@ -92,27 +92,35 @@ class Splits:
     test_rows: np.ndarray
     val_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     stored: StoredFeatures | None = None
+    mirrored: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def subset(self, rows: np.ndarray) -> FeatureSet:
-        return FeatureSet(self.arrays, rows, self.targets, self.mask)
+    def subset(self, rows: np.ndarray, mirror: bool = False) -> FeatureSet:
+        """The rows ``rows``; with ``mirror``, the features of their mirrored images."""
+        if mirror and self.mirrored is None:
+            raise FashionError("no mirrored features loaded (load_splits(..., mirror=True))")
+        return FeatureSet(self.mirrored if mirror else self.arrays, rows, self.targets,
+                          self.mask)
 
 
 def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
                 features_dir: str | os.PathLike, names: Sequence[str],
                 inputs: Sequence[str] = ("trunk",), *,
-                extractor: ExtractorConfig | None = None) -> Splits:
+                extractor: ExtractorConfig | None = None, mirror: bool = False) -> Splits:
     """Join the ingested labels, the split and the stored features ``inputs``, row by row.
 
-    With ``extractor`` (a trained model's), the features must have been made by it.
+    With ``extractor`` (a trained model's), the features must have been made by it. With
+    ``mirror``, also the features of the mirrored images (``featurize.mirror``), for
+    `scores` with ``tta="flip"``.
 
     Raises
     ------
     FashionError
-        If the features do not match the split row for row, are missing or truncated, or were
-        made by another extractor than ``extractor``.
+        If the features do not match the split row for row, are missing or truncated, were
+        made by another extractor than ``extractor``, or ``mirror`` is asked of features
+        without mirrored images.
     """
     import pandas as pd
 
@@ -130,7 +138,8 @@ def load_splits(labels_csv: str | os.PathLike, split_csv: str | os.PathLike,
     targets, mask = targets_for(labels, split["image_id"].tolist(), list(names))
     subset = split["subset"].to_numpy()
     return Splits(stored.arrays(inputs), targets, mask, np.flatnonzero(subset == "train"),
-                  np.flatnonzero(subset == "test"), np.flatnonzero(subset == "val"), stored)
+                  np.flatnonzero(subset == "test"), np.flatnonzero(subset == "val"), stored,
+                  stored.arrays(inputs, mirror=True) if mirror else None)
 
 
 def loader(dataset: FeatureSet, batch_size: int, *, shuffle: bool, seed: int,
@@ -175,3 +184,23 @@ def predict(net, dataset: FeatureSet, device: torch.device, precision: str = "fp
     empty = torch.zeros(0, 0)
     result = torch.cat(outputs) if outputs else empty
     return (result, torch.cat(hidden) if hidden else empty) if embeddings else result
+
+
+def scores(net, data: Splits, rows: np.ndarray, device: torch.device, precision: str = "fp32",
+           *, tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs, embeddings)`` of ``net`` for stored rows ``rows`` of ``data``, in order.
+
+    Shapes (n, n_labels) and (n, hidden), float32; embeddings are not normalised. With
+    ``tta="flip"`` (``evaluate.tta``) both are the mean over each image and its mirror
+    (``data`` loaded with ``mirror=True``), as `fashiondvc.predictor.Predictor` does for a
+    query photo.
+    """
+    views = (False, True) if tta == "flip" else (False,)
+    probs, embedded = [], []
+    for mirror in views:
+        outputs, hidden = predict(net, data.subset(rows, mirror), device, precision,
+                                  batch_size=batch_size, embeddings=True)
+        probs.append(net.probabilities(outputs).numpy() if len(outputs)
+                     else np.zeros((0, net.n_labels), np.float32))
+        embedded.append(hidden.numpy())
+    return np.mean(probs, axis=0).astype(np.float32), np.mean(embedded, axis=0).astype(np.float32)

@@ -16,9 +16,9 @@ import numpy as np
 
 from fashiondvc.errors import FashionError
 from fashiondvc.index import SearchIndex, sha256_bytes
-from fashiondvc.io import sha256_file
 from fashiondvc.predictor import Predictor
 from fashiondvc.retrieval import l2_normalize
+from fashiondvc.words import TextQuery, parse_text
 
 # --------------------------------------------------------------------------- queries
 
@@ -79,6 +79,30 @@ def rank(index: SearchIndex, embedding: np.ndarray, *, top: int = 10,
     return [Hit(int(r), index.paths[r], float(scores[r]), index.predicted(int(r))) for r in order]
 
 
+def rank_text(index: SearchIndex, query: TextQuery, *, top: int = 10) -> tuple[list[Hit], int]:
+    """Photos matching a text query (`fashiondvc.words.parse_text`), most probable first.
+
+    A photo matches when every ``include`` attribute is predicted (probability >= the index
+    threshold) and no ``exclude`` one is. Matches rank by the joint probability the model gives
+    the query, ``prod p(include) * prod (1 - p(exclude))`` (labels taken as independent), which
+    is each hit's ``score``. Returns the ``top`` hits and the number of matches.
+    """
+    if top < 1:
+        raise FashionError(f"--top: must be >= 1, got {top}")
+    probs = index.probs.astype(np.float64)
+    include = [index.labels.index(name) for name in query.include]
+    exclude = [index.labels.index(name) for name in query.exclude]
+    keep = ((probs[:, include] >= index.threshold).all(axis=1)
+            & (probs[:, exclude] < index.threshold).all(axis=1))
+    log_p = (np.log(np.clip(probs[:, include], 1e-12, 1)).sum(axis=1)
+             + np.log(np.clip(1 - probs[:, exclude], 1e-12, 1)).sum(axis=1))
+    candidates = np.flatnonzero(keep)
+    order = candidates[np.argsort(-log_p[candidates], kind="stable")][:top]
+    hits = [Hit(int(r), index.paths[r], float(np.exp(log_p[r])), index.predicted(int(r)))
+            for r in order]
+    return hits, int(len(candidates))
+
+
 def rows_with_hash(index: SearchIndex, digest: str) -> list[int]:
     """Rows holding a photo with these exact bytes (so a query does not find itself)."""
     return [i for i, h in enumerate(index.hashes) if h == digest]
@@ -95,15 +119,19 @@ class Searcher:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | SearchIndex,
-             model_path: str | os.PathLike) -> Searcher:
-        """An index (a folder, or one already loaded) and the model that built it (by sha256)."""
+             model: str | os.PathLike) -> Searcher:
+        """An index (a folder, or one already loaded) and the model that built it: a file or a
+        registry URI (``models:/fashiondvc-attributes@champion``, `fashiondvc.registry`),
+        checked by the sha256 of its network file."""
+        from fashiondvc.registry import open_model
+
         index = index_dir if isinstance(index_dir, SearchIndex) else SearchIndex.load(index_dir)
-        if not Path(model_path).exists():
-            raise FashionError(f"{model_path} does not exist: run the train stage first")
-        if sha256_file(model_path) != index.model_sha256:
-            raise FashionError(f"the index was built with another model than {model_path}: "
-                               "rebuild it with `dvc repro index`")
-        return cls(index, Predictor.from_file(model_path))
+        opened = open_model(model, index.tta)
+        if opened.sha256 != index.model_sha256:
+            raise FashionError(f"the index was built with another model than "
+                               f"{opened.description}: rebuild it (dvc repro index, or "
+                               f"fashiondvc index --model {model})")
+        return cls(index, opened.predictor)
 
     def query(self, data: bytes, name: str, *, top: int = 10,
               where: str | Iterable[str] | None = None) -> dict:
@@ -123,6 +151,15 @@ class Searcher:
         self.index.file(row)  # range check
         return self.result(self.index.probs[row], self.index.embeddings[row], [row], top=top,
                            where=names)
+
+    def text(self, text: str, *, top: int = 10) -> dict:
+        """Collection photos matching the words ``text`` (`fashiondvc.words.parse_text`),
+        ranked by the model's probabilities (`rank_text`), as a dict."""
+        query = parse_text(text, self.index.labels)
+        hits, matches = rank_text(self.index, query, top=top)
+        return {"text": text, "include": list(query.include), "exclude": list(query.exclude),
+                "threshold": self.index.threshold, "matches": matches,
+                "results": [_hit_dict(h) for h in hits]}
 
     def similar(self, embedding: Sequence[float], *, top: int = 10,
                 where: str | Iterable[str] | None = None,
@@ -173,6 +210,20 @@ def default_top(params_path: str | os.PathLike = "params.yaml") -> int:
     except (OSError, YAMLError, AttributeError, KeyError, TypeError):
         return 10
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 10
+
+
+def format_words(result: dict, index: SearchIndex) -> str:
+    """The human-readable answer of ``fashiondvc search --text``."""
+    wanted = [*result["include"], *(f"no {name}" for name in result["exclude"])]
+    lines = [f"{result['text']!r} -> {' + '.join(wanted)}: {result['matches']} of "
+             f"{len(index)} photos in {index.root} match (threshold {result['threshold']:g}),"
+             " most probable first:"]
+    if not result["results"]:
+        lines.append("  no photo matches")
+    for n, hit in enumerate(result["results"], 1):
+        lines.append(f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
+                     f"{', '.join(hit['attributes']) or '-'}")
+    return "\n".join(lines)
 
 
 def format_text(result: dict, photo: str, index: SearchIndex) -> str:

@@ -7,6 +7,9 @@ Routes
 ``POST /api/query``
     Multipart ``photo`` (JPEG or PNG, at most `MAX_UPLOAD_BYTES`), optional ``where`` and
     ``top``: the photo's attributes and its most similar collection photos (`Searcher.query`).
+``GET /api/text?q=<words>``
+    Collection photos matching words such as "red stripes, no scarf" (`Searcher.text`), with
+    optional ``top``.
 ``GET /api/photo/<row>``
     The same for a collection photo, which is left out of its own results.
 ``POST /api/similar``
@@ -130,6 +133,13 @@ def create_app(searcher: Searcher, *, top: int = 10,
             result = searcher.query(data, upload.filename, top=n, where=where)
         return jsonify(result)
 
+    @app.get("/api/text")
+    def query_text():
+        text = request.args.get("q", "")
+        if not text.strip():
+            return _error(400, "q: type some words, e.g. red stripes, no scarf")
+        return jsonify(searcher.text(text, top=_int(request.args.get("top"), top)))
+
     @app.get("/api/photo/<int:row>")
     def query_row(row: int):
         if not 0 <= row < len(index):
@@ -182,7 +192,8 @@ def create_app(searcher: Searcher, *, top: int = 10,
 def serve(index_dir: str | os.PathLike = "data/index", model_path: str | os.PathLike =
           "models/net.pt", *, host: str = "127.0.0.1", port: int = 8000,
           top: int | None = None) -> None:
-    """Load the index and model, then serve the page until interrupted."""
+    """Load the index and model (a file or a ``models:/`` registry URI), then serve the page
+    until interrupted."""
     from werkzeug.serving import run_simple
 
     if not 0 <= port <= 65535:

@@ -26,7 +26,8 @@ def main() -> None:
     tracking.log_evaluation(
         params.flat(), pd.read_csv(history_csv).to_dict("records"), headline,
         tracking.stage_artifacts(out_dir), manifest["archive_sha256"], model_path,
-        lambda run: mlmodel.log_model(run, model_path, manifest["archive_sha256"]))
+        lambda run: mlmodel.log_model(run, model_path, manifest["archive_sha256"],
+                                      params.evaluate.tta))
 
 
 if __name__ == "__main__":

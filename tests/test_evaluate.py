@@ -84,3 +84,29 @@ def test_tuned_thresholds_depend_on_validation_rows_only(trained):
     assert first.headline == second.headline
     assert first.headline["map"] != third.headline["map"]  # the flipped test labels were read
     assert not np.allclose(first.per_attribute["threshold"], 0.5)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(trained):
+    net, data, config = trained
+    rng = np.random.default_rng(1)
+    mirrored = {"trunk": rng.standard_normal(data.arrays["trunk"].shape).astype(np.float32)}
+    both = Splits(data.arrays, data.targets, data.mask, data.train_rows, data.test_rows,
+                  data.val_rows, mirrored=mirrored)
+    plain = probabilities(net, data)
+    with torch.inference_mode():
+        flipped = net.probabilities(net({"trunk": torch.from_numpy(mirrored["trunk"])})).numpy()
+    mean = (plain + flipped) / 2
+    t = data.test_rows
+    result = evaluate(net, both, config, tta="flip")
+    assert result.headline["map"] == pytest.approx(
+        metrics.mean_average_precision(data.targets[t], mean[t], data.mask[t]))
+    assert result.headline["map"] != pytest.approx(evaluate(net, both, config).headline["map"])
+    # losses stay those of the images as stored
+    assert result.headline["test_loss"] == pytest.approx(
+        evaluate(net, both, config).headline["test_loss"])
+    from fashiondvc.rows import scores
+
+    probs, embedded = scores(net, both, t, torch.device("cpu"), tta="flip")
+    assert np.allclose(probs, mean[t], atol=1e-6) and embedded.shape == (len(t), 16)
+    with pytest.raises(Exception, match="no mirrored features"):
+        evaluate(net, data, config, tta="flip")

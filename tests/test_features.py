@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from fashiondvc.config import ExtractorConfig
 from fashiondvc.errors import FashionError
@@ -161,3 +162,33 @@ def test_a_photo_gets_identical_features_at_featurize_index_query_and_in_the_pyf
         for name in FEATURE_KINDS:
             assert torch.equal(entry[name], expected[name]), name
     assert table.shape == (1, 11)
+
+
+def test_mirrored_features_are_those_of_each_image_flipped_left_to_right(tmp_path):
+    from fashiondvc.features import StoredFeatures, featurize
+
+    rng = np.random.default_rng(0)
+    store = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    extractor = FeatureExtractor(ExtractorConfig("vgg16", "random", 10, 32, "fp32"))
+    # one batch, as the direct calls below (batching can change a conv's last bits)
+    meta = featurize(store, extractor, tmp_path / "f", batch_size=8, workers=0, mirror=True)
+    stored = StoredFeatures(tmp_path / "f")
+    assert meta["mirror"] and stored.mirror
+    flipped = extractor(torch.from_numpy(np.stack([image[:, ::-1] for image in store])))
+    upright = extractor(torch.from_numpy(np.stack(store)))
+    for name in ("trunk", "side", "colour"):
+        assert np.array_equal(stored.array(name, mirror=True), flipped[name].numpy())
+        assert np.array_equal(stored.array(name), upright[name].numpy())
+        assert not np.array_equal(stored.array(name, mirror=True), stored.array(name))
+    photos = [Image.fromarray(image) for image in store[:2]]
+    assert torch.equal(extractor.photos(photos, mirror=True)["colour"],
+                       extractor(extractor_inputs(photos).flip(2))["colour"])
+    featurize(store, extractor, tmp_path / "plain", batch_size=2, workers=0)
+    with pytest.raises(FashionError, match="no mirrored features; set featurize.mirror"):
+        StoredFeatures(tmp_path / "plain").array("trunk", mirror=True)
+
+
+def extractor_inputs(photos) -> torch.Tensor:
+    from fashiondvc.preprocess import model_input
+
+    return torch.from_numpy(np.stack([model_input(photo, 32) for photo in photos]))

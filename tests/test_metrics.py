@@ -133,3 +133,33 @@ def test_frequency_baseline_predicts_the_frequent_labels_and_scores_prevalence()
     assert result["f1_micro"] == pytest.approx(6 / 10)
     # constant scores: each label's AP is its test prevalence
     assert result["map"] == pytest.approx(np.mean([3 / 4, 1 / 4, 2 / 4]))
+
+
+def test_balanced_accuracy_matches_sklearn_and_ignores_the_negatives_inflation():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((200, 4)) < [0.5, 0.1, 0.02, 0.3]).astype(int)
+    pred = (rng.random((200, 4)) < 0.2).astype(int)
+    mask = rng.random((200, 4)) > 0.1
+    ours = metrics.balanced_accuracy(y, pred, mask)
+    for j in range(4):
+        m = mask[:, j]
+        assert ours[j] == pytest.approx(balanced_accuracy_score(y[m, j], pred[m, j]))
+    never = np.zeros_like(y)  # predicting "absent" everywhere: high accuracy, 0.5 balanced
+    assert np.allclose(metrics.balanced_accuracy(y, never, mask), 0.5)
+    assert metrics.label_accuracy(y, never, mask)[2] > 0.95
+    summary = metrics.summary(y, never.astype(float), mask)
+    assert summary["balanced_accuracy_mean"] == pytest.approx(0.5)
+    assert summary["accuracy_mean"] == pytest.approx(metrics.label_accuracy(y, never, mask).mean())
+    one_class = np.zeros((5, 1), dtype=int)
+    assert np.isnan(metrics.balanced_accuracy(one_class, one_class)[0])
+
+
+def test_frequency_baseline_accuracy_is_the_majority_class_per_label():
+    train_y = np.array([[1, 0], [1, 0], [0, 1], [1, 0]])
+    test_y = np.array([[1, 1], [0, 0], [0, 0], [1, 0]])
+    ones = np.ones_like(train_y, dtype=bool)
+    result = metrics.frequency_baseline(train_y, ones, test_y, ones)
+    # majority: label 0 present (3/4), label 1 absent: correct 2/4 and 3/4
+    assert result["accuracy_mean"] == pytest.approx((0.5 + 0.75) / 2)

@@ -153,3 +153,40 @@ def test_saved_net_round_trips(tmp_path, head, inputs, label_pca):
     assert not loaded.training
     assert torch.equal(loaded(x), net(x))
     assert torch.equal(loaded.probabilities(loaded(x)), net.probabilities(net(x)))
+
+
+def test_regions_head_pools_bands_quadrants_and_the_centre():
+    from fashiondvc.net import REGION_GRIDS, centre_prior
+
+    prior = centre_prior(7, 7)
+    assert prior.sum().item() == pytest.approx(1.0) and prior.argmax().item() == 24  # centre
+    assert torch.allclose(prior, prior.flip(0)) and torch.allclose(prior, prior.flip(1))
+    shapes = {"trunk": (4, 6, 6)}
+    config = ModelConfig(labels=("red", "blue"),
+                         extractor=ExtractorConfig("vgg16", "random", 13, 192, "fp32"),
+                         input_shapes=shapes, train=TrainConfig(k=1, lr=1e-3, epochs=1,
+                                                                batch_size=4),
+                         head="regions", hidden=8, dropout=0.0)
+    net = build_net(config, seed=0).eval()
+    x = torch.zeros(1, 4, 6, 6)
+    x[0, 0, 4:, :] = 1.0  # channel 0 lit in the bottom third only
+    net.norm = nn.Identity()  # look at the pooled values themselves
+    pooled = net.pooled({"trunk": x})[0]
+    n_regions = 2 + sum(r * c for r, c in REGION_GRIDS) + 1
+    assert pooled.shape == (n_regions * 4,)
+    gap, gmp, bands = pooled[0:4], pooled[4:8], pooled[8:20].reshape(4, 3)
+    assert gap[0] == pytest.approx(1 / 3) and gmp[0] == 1
+    assert torch.allclose(bands[0], torch.tensor([0.0, 0.0, 1.0]))  # top, middle, bottom
+    quadrants = pooled[20:36].reshape(4, 2, 2)[0]
+    assert torch.allclose(quadrants, torch.tensor([[0.0, 0.0], [2 / 3, 2 / 3]]))
+    centre = pooled[36:40]
+    assert 0 < centre[0] < 1 / 3  # the lit band is off-centre: weighted below its mean
+
+
+def test_regions_head_round_trips(tmp_path):
+    config = model_config("regions", {"colour": (5,)})
+    net = build_net(config, seed=0).eval()
+    save_net(net, tmp_path / "net.pt", config)
+    loaded, _ = load_net(tmp_path / "net.pt")
+    x = {name: torch.randn(3, *shape) for name, shape in config.input_shapes.items()}
+    assert torch.equal(loaded(x), net(x))

@@ -262,3 +262,42 @@ def test_index_stage_retrieval_metric_and_cli_in_a_dvc_repo(pipeline_repo, monke
     assert "Running stage 'index'" in second.stdout and "Running stage 'train'" not in second.stdout
     assert "1 featurized, 24 reused" in second.stdout
     assert len(SearchIndex.load(pipeline_repo / "data" / "index")) == 25
+
+
+def test_text_query_filters_and_ranks_by_the_models_joint_probability(collection):
+    from fashiondvc.search import rank_text
+    from fashiondvc.words import TextQuery
+
+    index = collection.index
+    red, blue = LABELS.index("red"), LABELS.index("blue")
+    hits, matches = rank_text(index, TextQuery(("red",), ("blue",)), top=N_PHOTOS)
+    p = index.probs.astype(np.float64)
+    wanted = np.flatnonzero((p[:, red] >= index.threshold) & (p[:, blue] < index.threshold))
+    assert 0 < matches == len(wanted) and {h.row for h in hits} == set(wanted)
+    joint = p[:, red] * (1 - p[:, blue])
+    assert [h.row for h in hits] == list(wanted[np.argsort(-joint[wanted], kind="stable")])
+    assert [h.score for h in hits] == pytest.approx(sorted(joint[wanted], reverse=True))
+    top2, _ = rank_text(index, TextQuery(("red",), ("blue",)), top=2)
+    assert [h.row for h in top2] == [h.row for h in hits[:2]]
+
+
+def test_cli_text_search_needs_no_network_and_explains_unknown_words(collection, capsys,
+                                                                      tmp_path):
+    # the model path does not exist: --text answers from the index alone
+    common = ["--index", str(collection.index_dir), "--model", str(tmp_path / "none.pt")]
+    main(["search", "--text", "crimson, without navy", "--json", "--top", "50", *common])
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["include"] == ["red"] and answer["exclude"] == ["blue"]
+    assert answer["matches"] == len(answer["results"]) > 0
+    assert all("red" in r["attributes"] and "blue" not in r["attributes"]
+               for r in answer["results"])
+    main(["search", "--text", "red, no blue", "--top", "3", *common])
+    text = capsys.readouterr().out
+    assert "-> red + no blue" in text and len(text.strip().splitlines()) == 4
+    for argv, fragment in ((["--text", "sparkly red"], "unknown word 'sparkly'"),
+                           ([], "give a photo or --text"),
+                           (["x.jpg", "--text", "red"], "give a photo or --text")):
+        with pytest.raises(SystemExit):
+            main(["search", *argv, *common])
+        error = capsys.readouterr().err
+        assert fragment in error and len(error.strip().splitlines()) == 1

@@ -241,3 +241,15 @@ def test_photo_query_string_errors_are_400(client, query):
     answer = client.get(f"/api/photo/0?{query}")
     assert answer.status_code == 400
     assert "error" in answer.get_json()
+
+
+def test_text_box_route_answers_words_and_explains_unknown_ones(client, collection):
+    answer = client.get("/api/text?q=red%20and%20blue&top=50").get_json()
+    assert answer["include"] == ["red", "blue"]
+    assert all({"red", "blue"} <= set(r["attributes"]) for r in answer["results"])
+    assert answer["matches"] == len(answer["results"])
+    bad = client.get("/api/text?q=sparkly")
+    assert bad.status_code == 400 and "unknown word 'sparkly'" in bad.get_json()["error"]
+    assert client.get("/api/text?q=").status_code == 400
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="text-input"' in page and "/api/text" in page

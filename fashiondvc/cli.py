@@ -144,7 +144,8 @@ def _paper_queue(args: argparse.Namespace) -> None:
     from fashiondvc.paper import queue
 
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
-    queue(args.set_param, force=args.force, rows=rows, suffix=args.suffix, beyond=args.beyond)
+    queue(args.set_param, force=args.force, rows=rows, suffix=args.suffix, beyond=args.beyond,
+          seeds=args.seeds)
 
 
 def _paper_report(args: argparse.Namespace) -> None:
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="appended to each name (write it --suffix=-leak)")
     queue.add_argument("--beyond", action="store_true",
                        help="queue the beyond-the-paper recipe (one per label set) instead")
+    queue.add_argument("--seeds", type=int, default=1,
+                       help="with --beyond: once per training seed 0..N-1 (default 1)")
     queue.set_defaults(handler=_paper_queue)
     report = paper_commands.add_parser("report",
                                        help="write reports/latest/paper_table.{md,csv,png}")

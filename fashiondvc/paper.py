@@ -55,13 +55,17 @@ BEYOND: dict[str, tuple[str, ...]] = {"attrs20": RECIPE, "colors11": RECIPE}
 
 def queue_commands(overrides: Sequence[str] = (), force: bool = False,
                    rows: Sequence[str] | None = None, suffix: str = "",
-                   beyond: bool = False) -> list[list[str]]:
+                   beyond: bool = False, seeds: int = 1) -> list[list[str]]:
     """``dvc exp run --queue`` commands, with extra ``-S key=value`` overrides for each.
 
     The paper's 14 rows (or only ``rows``), named ``<row><suffix>``; with ``beyond``, the
-    `BEYOND` recipe for each label set instead, named ``beyond-<labels><suffix>``. Each targets
-    the ``evaluate`` stage: the table's metrics do not need the search index.
+    `BEYOND` recipe for each label set instead, named ``beyond-<labels><suffix>``, or with
+    ``seeds`` > 1 once per training seed (``train.seed`` 0..seeds-1, same split), named
+    ``beyond-<labels>-seed<i><suffix>``. Each targets the ``evaluate`` stage: the table's
+    metrics do not need the search index.
     """
+    if seeds < 1:
+        raise FashionError(f"--seeds: must be >= 1, got {seeds}")
     for override in overrides:
         if "=" not in override:
             raise FashionError(f"-S {override}: expected key=value")
@@ -71,7 +75,11 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
         if unknown:
             raise FashionError(f"--rows: unknown row {unknown[0]!r} (g1..g14)")
         table = table[table["row"].isin(rows)]
-    if beyond:
+    if beyond and seeds > 1:
+        jobs = [(f"beyond-{labels}-seed{seed}", [f"labels={labels}", *preset,
+                                                 f"train.seed={seed}"])
+                for labels, preset in BEYOND.items() for seed in range(seeds)]
+    elif beyond:
         jobs = [(f"beyond-{labels}", [f"labels={labels}", *preset])
                 for labels, preset in BEYOND.items()]
     else:
@@ -89,9 +97,10 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
 
 
 def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".",
-          rows: Sequence[str] | None = None, suffix: str = "", beyond: bool = False) -> None:
+          rows: Sequence[str] | None = None, suffix: str = "", beyond: bool = False,
+          seeds: int = 1) -> None:
     """Queue the experiments of `queue_commands`; the user then runs ``dvc queue start``."""
-    commands = queue_commands(overrides, force, rows, suffix, beyond)
+    commands = queue_commands(overrides, force, rows, suffix, beyond, seeds)
     for command in commands:
         print(" ".join(command), flush=True)
         done = subprocess.run(command, cwd=cwd)
@@ -141,8 +150,13 @@ EXTRA = ("f1_micro", "accuracy_labelwise", "map", "baseline_f1_micro", "baseline
 #: Settings that tell variants and recipes apart, shown beside them.
 RECIPE_KEYS = ("labels", "k", "lr", "model.backbone", "model.frozen_convs",
                "split.group_by_source", "split.val_size", "model.head", "model.inputs",
-               "train.loss", "train.pos_weight",
-               "train.label_pca", "train.select", "train.epochs", "evaluate.thresholds")
+               "train.loss", "train.pos_weight", "train.label_pca", "train.select",
+               "train.epochs", "train.seed", "evaluate.thresholds", "evaluate.tta")
+#: Test metrics of the variants table and the seeds summary, with the baseline's.
+VARIANT_METRICS = ("val_map", "val_f1_micro", "f1_micro", "f1_micro_fixed", "map",
+                   "f1_train_test", "accuracy_mean", "balanced_accuracy", "baseline_f1_micro",
+                   "baseline_map", "baseline_accuracy_mean", "retrieval_p10",
+                   "retrieval_p10_chance")
 
 
 def _column(results: pd.DataFrame, name: str) -> pd.Series:
@@ -157,8 +171,7 @@ def others(results: pd.DataFrame) -> pd.DataFrame:
     """
     rows = set(paper_table()["row"])
     names = [n for n in results.index if n not in rows]
-    columns = ["val_map", "f1_micro", "f1_micro_fixed", "map", "f1_train_test",
-               "baseline_f1_micro", "baseline_map", "retrieval_p10", "retrieval_p10_chance"]
+    columns = list(VARIANT_METRICS)
     out = pd.DataFrame({"experiment": names,
                         "varies": [n.split("-")[0] if n.split("-")[0] in rows else ""
                                    for n in names]})
@@ -169,6 +182,44 @@ def others(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("experiment", key=lambda s: s.str.replace(r"\d+", lambda m:
                                                                      m.group().zfill(3),
                                                                      regex=True))
+
+
+def seed_summary(variants: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample sd over the seeds of each ``<name>-seed<i>`` group of `others`' rows.
+
+    One row per group: ``recipe``, ``seeds`` (count), and ``<metric>_mean`` and
+    ``<metric>_sd`` for every `VARIANT_METRICS` column present.
+    """
+    if variants.empty:
+        return pd.DataFrame()
+    groups = variants["experiment"].str.extract(r"^(?P<recipe>.+)-seed\d+$")["recipe"]
+    frame = variants.assign(recipe=groups).dropna(subset=["recipe"])
+    rows = []
+    for recipe, group in frame.groupby("recipe", sort=True):
+        row = {"recipe": recipe, "seeds": len(group)}
+        for metric in VARIANT_METRICS:
+            values = pd.to_numeric(group[metric], errors="coerce").dropna()
+            row[f"{metric}_mean"] = values.mean() if len(values) else float("nan")
+            row[f"{metric}_sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_markdown(summary: pd.DataFrame) -> str:
+    """`seed_summary` as a markdown table: mean ± sd of the headline test metrics."""
+    shown = [("f1_micro", "test micro-F1"), ("map", "test mAP"),
+             ("accuracy_mean", "mean attribute accuracy"),
+             ("balanced_accuracy", "mean balanced accuracy"),
+             ("retrieval_p10", "retrieval P@10"), ("val_map", "val mAP")]
+    head = ["recipe", "seeds", *(title for _, title in shown),
+            "label freq. F1 / mAP / accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary.to_dict("records"):
+        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m, _ in shown]
+        baseline = " / ".join(f"{r[f'{m}_mean']:.3f}" for m in (
+            "baseline_f1_micro", "baseline_map", "baseline_accuracy_mean"))
+        lines.append("| " + " | ".join([r["recipe"], str(r["seeds"]), *cells, baseline]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def shared_settings(results: pd.DataFrame, rows: Sequence[str]) -> dict[str, str]:
@@ -236,6 +287,10 @@ def to_markdown(comparison: pd.DataFrame, settings: dict[str, str] | None = None
         f"- {note}" for note in notes) + "\n"
     if variants is not None and len(variants):
         text += "\n## Variants and recipes\n\n" + _variants_markdown(variants, defaults)
+        summary = seed_summary(variants)
+        if not summary.empty:
+            text += ("\n## Recipes over training seeds (same split): mean ± sd\n\n"
+                     + seeds_markdown(summary))
     return text
 
 
@@ -250,7 +305,8 @@ def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> 
 
     keys = [k for k in RECIPE_KEYS if k == "labels" or differs(k)]
     head = ["experiment", *keys, "val mAP", "test micro-F1 (0.5)", "test micro-F1", "test mAP",
-            "label freq. F1 / mAP", "retrieval P@10 / chance"]
+            "mean acc. / balanced acc.", "label freq. F1 / mAP / acc.",
+            "retrieval P@10 / chance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def num(value: object) -> str:
@@ -270,7 +326,9 @@ def _variants_markdown(variants: pd.DataFrame, defaults: dict | None = None) -> 
             r["experiment"], *(text(r[k]) for k in keys), num(r["val_map"]),
             num(r["f1_micro_fixed"]),
             num(r["f1_micro"]), num(r["map"]),
-            f"{num(r['baseline_f1_micro'])} / {num(r['baseline_map'])}",
+            f"{num(r.get('accuracy_mean'))} / {num(r.get('balanced_accuracy'))}",
+            f"{num(r['baseline_f1_micro'])} / {num(r['baseline_map'])} / "
+            f"{num(r.get('baseline_accuracy_mean'))}",
             f"{num(r['retrieval_p10'])} / {num(r['retrieval_p10_chance'])}"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -328,6 +386,9 @@ def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/
     defaults = _defaults(Path(repo) / "params.yaml")
     write_csv(out_dir / "paper_table.csv", comparison)
     write_csv(out_dir / "variants.csv", variants)
+    summary = seed_summary(variants)
+    if not summary.empty:
+        write_csv(out_dir / "seeds.csv", summary)
     with atomic_path(out_dir / "paper_table.md") as tmp:
         tmp.write_text("# The paper's table, reproduced\n\n"
                        + to_markdown(comparison, settings, variants, preamble, defaults))

@@ -69,3 +69,26 @@ def test_report_with_only_paper_rows_has_no_variants_section():
     variants = others(results)
     assert variants.empty
     assert "## Variants" not in to_markdown(compare(results), variants=variants)
+
+
+def test_beyond_with_seeds_queues_each_seed_and_the_report_averages_them():
+    from fashiondvc.paper import seed_summary, seeds_markdown
+
+    commands = queue_commands(beyond=True, seeds=3)
+    names = [c[5] for c in commands]
+    assert names == [f"beyond-{labels}-seed{s}" for labels in BEYOND for s in range(3)]
+    assert commands[2][-3:] == ["-S", "train.seed=2", "evaluate"]
+    with pytest.raises(FashionError, match="--seeds: must be >= 1"):
+        queue_commands(beyond=True, seeds=0)
+    results = pd.DataFrame({"labels": ["attrs20"] * 3 + ["colors11"],
+                            "f1_micro": [0.70, 0.72, 0.74, 0.5], "map": [0.5, 0.6, 0.7, 0.4],
+                            "accuracy_mean": [0.9, 0.9, 0.9, 0.8]},
+                           index=["beyond-attrs20-seed0", "beyond-attrs20-seed1",
+                                  "beyond-attrs20-seed2", "beyond-colors11"])
+    summary = seed_summary(others(results)).set_index("recipe")
+    assert list(summary.index) == ["beyond-attrs20"] and summary.at["beyond-attrs20",
+                                                                    "seeds"] == 3
+    assert summary.at["beyond-attrs20", "f1_micro_mean"] == pytest.approx(0.72)
+    assert summary.at["beyond-attrs20", "map_sd"] == pytest.approx(0.1)
+    assert "| beyond-attrs20 | 3 | 0.720 ± 0.020 | 0.600 ± 0.100 | 0.900 ± 0.000 |" in \
+        seeds_markdown(summary.reset_index())

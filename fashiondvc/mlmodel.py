@@ -136,6 +136,10 @@ def _python_model():
     class PhotoAttributes(mlflow.pyfunc.PythonModel):
         """Photos (paths or bytes) -> a DataFrame of attribute probabilities, one row each."""
 
+        # the signature is given explicitly (`signature`): MLflow's type-hint validation, and
+        # its "Add type hints to the `predict` method" warning on every definition, do not apply
+        _skip_type_hint_validation = True
+
         def load_context(self, context) -> None:
             self.predictor = predictor_from_store(context.artifacts["net"],
                                                   context.model_config)

@@ -150,6 +150,7 @@ def open_client():
     # dead server); `with_retries` already retries each call, so keep MLflow's own loop short.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    _quiet_store()
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
@@ -165,6 +166,18 @@ def open_client():
         return client
 
     return with_retries(ready, "open the store")
+
+
+def _quiet_store() -> None:
+    """Keep the store's housekeeping off the user's stderr: MLflow's INFO lines on creating
+    the SQLite tables, Alembic's migration steps, and SQLAlchemy's deprecation warning about
+    MLflow's own ``noload`` option (nothing a user can act on)."""
+    import logging
+    import warnings
+
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*``noload`` loader strategy is deprecated")
 
 
 def experiment_id(client) -> str:

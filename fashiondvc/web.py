@@ -193,8 +193,11 @@ def serve(index_dir: str | os.PathLike = "data/index", model_path: str | os.Path
           "models/net.pt", *, host: str = "127.0.0.1", port: int = 8000,
           top: int | None = None) -> None:
     """Load the index and model (a file or a ``models:/`` registry URI), then serve the page
-    until interrupted."""
-    from werkzeug.serving import run_simple
+    until interrupted, with waitress (a production WSGI server; Flask's own is for development).
+    """
+    import logging
+
+    from waitress import serve as waitress_serve
 
     if not 0 <= port <= 65535:
         raise FashionError(f"--port: must be in 0..65535, got {port}")
@@ -204,7 +207,8 @@ def serve(index_dir: str | os.PathLike = "data/index", model_path: str | os.Path
         print(f"warning: serving on {host}: anyone who can reach it can query the collection")
     print(f"fashiondvc search: {len(searcher.index)} photos; open http://{host}:{port}/ "
           "(Ctrl-C stops)")
+    logging.getLogger("waitress").setLevel(logging.WARNING)  # the line above says where
     try:
-        run_simple(host, port, app, threaded=True)
+        waitress_serve(app, host=host, port=port, threads=4)
     except OSError as exc:
         raise FashionError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None

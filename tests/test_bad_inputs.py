@@ -545,7 +545,7 @@ def test_fashiondvc_serve_listens_on_loopback_only_by_default(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "fashiondvc.cli", "serve", "--port", str(port),
          "--index", str(collection.index_dir), "--model", str(collection.model)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not listening_addresses(port):
@@ -559,3 +559,5 @@ def test_fashiondvc_serve_listens_on_loopback_only_by_default(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # waitress, not Flask's development server, and nothing else on stderr
+    assert server.stderr.read() == ""

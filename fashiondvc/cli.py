@@ -144,8 +144,9 @@ def _paper_queue(args: argparse.Namespace) -> None:
     from fashiondvc.paper import queue
 
     rows = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    label_sets = [s.strip() for s in args.labels.split(",")] if args.labels else None
     queue(args.set_param, force=args.force, rows=rows, suffix=args.suffix, beyond=args.beyond,
-          seeds=args.seeds)
+          seeds=args.seeds, label_sets=label_sets)
 
 
 def _paper_report(args: argparse.Namespace) -> None:
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="queue the beyond-the-paper recipe (one per label set) instead")
     queue.add_argument("--seeds", type=int, default=1,
                        help="with --beyond: once per training seed 0..N-1 (default 1)")
+    queue.add_argument("--labels", default="",
+                       help="with --beyond: only these label sets, e.g. attrs20")
     queue.set_defaults(handler=_paper_queue)
     report = paper_commands.add_parser("report",
                                        help="write reports/latest/paper_table.{md,csv,png}")

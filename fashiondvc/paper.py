@@ -55,14 +55,15 @@ BEYOND: dict[str, tuple[str, ...]] = {"attrs20": RECIPE, "colors11": RECIPE}
 
 def queue_commands(overrides: Sequence[str] = (), force: bool = False,
                    rows: Sequence[str] | None = None, suffix: str = "",
-                   beyond: bool = False, seeds: int = 1) -> list[list[str]]:
+                   beyond: bool = False, seeds: int = 1,
+                   label_sets: Sequence[str] | None = None) -> list[list[str]]:
     """``dvc exp run --queue`` commands, with extra ``-S key=value`` overrides for each.
 
     The paper's 14 rows (or only ``rows``), named ``<row><suffix>``; with ``beyond``, the
     `BEYOND` recipe for each label set instead, named ``beyond-<labels><suffix>``, or with
     ``seeds`` > 1 once per training seed (``train.seed`` 0..seeds-1, same split), named
-    ``beyond-<labels>-seed<i><suffix>``. Each targets the ``evaluate`` stage: the table's
-    metrics do not need the search index.
+    ``beyond-<labels>-seed<i><suffix>``; ``label_sets`` keeps only those of `BEYOND`. Each
+    targets the ``evaluate`` stage: the table's metrics do not need the search index.
     """
     if seeds < 1:
         raise FashionError(f"--seeds: must be >= 1, got {seeds}")
@@ -75,20 +76,29 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
         if unknown:
             raise FashionError(f"--rows: unknown row {unknown[0]!r} (g1..g14)")
         table = table[table["row"].isin(rows)]
+    recipes = BEYOND
+    if label_sets:
+        unknown = sorted(set(label_sets) - set(BEYOND))
+        if unknown:
+            raise FashionError(f"--labels: no recipe for {unknown[0]!r} "
+                               f"({', '.join(BEYOND)})")
+        recipes = {labels: BEYOND[labels] for labels in label_sets}
     if beyond and seeds > 1:
         jobs = [(f"beyond-{labels}-seed{seed}", [f"labels={labels}", *preset,
                                                  f"train.seed={seed}"])
-                for labels, preset in BEYOND.items() for seed in range(seeds)]
+                for labels, preset in recipes.items() for seed in range(seeds)]
     elif beyond:
         jobs = [(f"beyond-{labels}", [f"labels={labels}", *preset])
-                for labels, preset in BEYOND.items()]
+                for labels, preset in recipes.items()]
     else:
         jobs = [(row.row, [f"labels={row.labels}", f"k={row.k:g}", f"lr={row.lr:g}"])
                 for row in table.itertuples()]
     commands = []
     for name, settings in jobs:
         command = ["dvc", "exp", "run", "--queue", "-n", f"{name}{suffix}"]
-        for setting in [*settings, *overrides]:
+        merged = {s.split("=", 1)[0]: s for s in settings}  # an override replaces a preset
+        merged.update({s.split("=", 1)[0]: s for s in overrides})
+        for setting in merged.values():
             command += ["-S", setting]
         if force:
             command.append("--force")
@@ -98,9 +108,9 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
 
 def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".",
           rows: Sequence[str] | None = None, suffix: str = "", beyond: bool = False,
-          seeds: int = 1) -> None:
+          seeds: int = 1, label_sets: Sequence[str] | None = None) -> None:
     """Queue the experiments of `queue_commands`; the user then runs ``dvc queue start``."""
-    commands = queue_commands(overrides, force, rows, suffix, beyond, seeds)
+    commands = queue_commands(overrides, force, rows, suffix, beyond, seeds, label_sets)
     for command in commands:
         print(" ".join(command), flush=True)
         done = subprocess.run(command, cwd=cwd)

@@ -92,3 +92,17 @@ def test_beyond_with_seeds_queues_each_seed_and_the_report_averages_them():
     assert summary.at["beyond-attrs20", "map_sd"] == pytest.approx(0.1)
     assert "| beyond-attrs20 | 3 | 0.720 ± 0.020 | 0.600 ± 0.100 | 0.900 ± 0.000 |" in \
         seeds_markdown(summary.reset_index())
+
+
+def test_an_override_replaces_the_presets_value_instead_of_repeating_the_key():
+    command = queue_commands(["train.epochs=3", "model.weights=w.pth"], beyond=True)[0]
+    settings = command[7:-1:2]
+    assert "train.epochs=3" in settings and "train.epochs=20" not in settings
+    assert [s.split("=")[0] for s in settings].count("train.epochs") == 1
+
+
+def test_beyond_can_queue_one_label_set():
+    names = [c[5] for c in queue_commands(beyond=True, seeds=2, label_sets=["colors11"])]
+    assert names == ["beyond-colors11-seed0", "beyond-colors11-seed1"]
+    with pytest.raises(FashionError, match="--labels: no recipe for 'binary23'"):
+        queue_commands(beyond=True, label_sets=["binary23"])

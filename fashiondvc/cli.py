@@ -150,8 +150,13 @@ def _paper_queue(args: argparse.Namespace) -> None:
 
 
 def _paper_report(args: argparse.Namespace) -> None:
-    from fashiondvc.paper import report
+    from fashiondvc.paper import recipes_report, report
 
+    if args.recipes:
+        path = recipes_report(".", args.out)
+        print(path.read_text())
+        print(f"wrote {path} and {path.parent / 'recipes.csv'}")
+        return
     path = report(".", args.out)
     print(path.read_text())
     print(f"wrote {path}, {path.with_suffix('.csv')}, {path.with_suffix('.png')} and "
@@ -226,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports/latest",
                         help="output folder (default: reports/latest; the committed reference "
                              "results are in reports/real-weights)")
+    report.add_argument("--recipes", action="store_true",
+                        help="only the experiments beyond the paper's rows, with the mean ± sd "
+                             "over seeds (recipes.md)")
     report.set_defaults(handler=_paper_report)
     _add_plots_commands(commands)
     track = commands.add_parser(

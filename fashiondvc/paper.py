@@ -381,6 +381,29 @@ def _defaults(params_yaml: Path) -> dict:
         return {}
 
 
+def recipes_report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/recipes",
+                   preamble: str = "") -> Path:
+    """Write ``recipes.md``, ``recipes.csv`` and ``seeds.csv`` into ``out_dir``: every finished
+    experiment that is not a paper row (the variants table of `report`), and the mean ± sd
+    over the seeds of each ``<recipe>-seed<i>`` group, without the paper's table."""
+    out_dir = Path(out_dir)
+    variants = others(finished_experiments(repo))
+    if variants.empty:
+        raise FashionError("no finished experiment besides the paper's rows: run some first")
+    summary = seed_summary(variants)
+    write_csv(out_dir / "recipes.csv", variants)
+    text = "# Recipes beyond the paper\n\n" + (preamble + "\n\n" if preamble else "")
+    text += "## Every recipe tried\n\n" + _variants_markdown(
+        variants, _defaults(Path(repo) / "params.yaml"))
+    if not summary.empty:
+        write_csv(out_dir / "seeds.csv", summary)
+        text += ("\n## Over training seeds (same split): mean ± sd\n\n"
+                 + seeds_markdown(summary))
+    with atomic_path(out_dir / "recipes.md") as tmp:
+        tmp.write_text(text)
+    return out_dir / "recipes.md"
+
+
 def report(repo: str | os.PathLike = ".", out_dir: str | os.PathLike = "reports/latest",
            preamble: str = "") -> Path:
     """Write ``paper_table.md``, ``.csv``, ``.png`` and ``variants.csv`` into ``out_dir``.

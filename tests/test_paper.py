@@ -106,3 +106,21 @@ def test_beyond_can_queue_one_label_set():
     assert names == ["beyond-colors11-seed0", "beyond-colors11-seed1"]
     with pytest.raises(FashionError, match="--labels: no recipe for 'binary23'"):
         queue_commands(beyond=True, label_sets=["binary23"])
+
+
+def test_recipes_report_lists_variants_and_seed_means(tmp_path, monkeypatch):
+    from fashiondvc import paper
+
+    results = pd.DataFrame({"labels": ["attrs20"] * 2, "f1_micro": [0.6, 0.7],
+                            "map": [0.5, 0.6], "accuracy_mean": [0.9, 0.92],
+                            "balanced_accuracy": [0.7, 0.72]},
+                           index=["r-seed0", "r-seed1"])
+    monkeypatch.setattr(paper, "finished_experiments", lambda repo: results)
+    path = paper.recipes_report(tmp_path, tmp_path / "out")
+    text = path.read_text()
+    assert "| r-seed0 |" in text and "0.900 / 0.700" in text
+    assert "| r | 2 | 0.650 ± 0.071 | 0.550 ± 0.071 |" in text
+    assert (tmp_path / "out" / "seeds.csv").exists()
+    monkeypatch.setattr(paper, "finished_experiments", lambda repo: results.iloc[:0])
+    with pytest.raises(FashionError, match="no finished experiment"):
+        paper.recipes_report(tmp_path, tmp_path / "out2")

@@ -253,3 +253,31 @@ def test_text_box_route_answers_words_and_explains_unknown_ones(client, collecti
     assert client.get("/api/text?q=").status_code == 400
     page = client.get("/").get_data(as_text=True)
     assert 'id="text-input"' in page and "/api/text" in page
+
+
+def test_a_query_is_addressed_by_its_url_and_back_returns_to_it(browser, live_url, collection):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_url}/?photo=3&where=red")
+    page.wait_for_selector("#results .card")
+    page.wait_for_load_state("networkidle")
+    assert page.get_attribute("#query-image", "src").endswith("/photos/3")
+    assert "active" in page.get_attribute('.chip[data-name="red"]', "class")
+    tags = page.locator("#results .card .tags").all_inner_texts()
+    assert tags and all("red" in t.split(", ") for t in tags)
+    assert page.eval_on_selector_all(  # thumbnails are real images once the page settles
+        "#results .card img", "els => els.every(e => e.complete && e.naturalWidth > 0)")
+    first = int(page.get_attribute("#results .card >> nth=0", "data-row"))
+    page.click("#results .card >> nth=0")
+    page.wait_for_function(f"location.search.includes('photo={first}')")
+    assert "where=red" in page.evaluate("location.search")
+    page.go_back()
+    page.wait_for_function("document.querySelector('#query-image').src.endsWith('/photos/3')")
+    assert page.evaluate("location.search") == "?photo=3&where=red"
+    page.goto(f"{live_url}/?q=red%2C%20no%20blue")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('match')")
+    assert page.input_value("#text-input") == "red, no blue"
+    tags = page.locator("#results .card .tags").all_inner_texts()
+    assert all("red" in t.split(", ") and "blue" not in t.split(", ") for t in tags)
+    assert errors == []

@@ -103,6 +103,10 @@ class SearchIndex:
         """Read an index written by `save` (without pandas: a query's start-up time)."""
         folder = Path(folder)
         if not (folder / META_FILE).exists():
+            if not folder.is_absolute() and not Path("dvc.yaml").exists():
+                raise FashionError(f"{folder}: not found from {Path.cwd()}, which is not a "
+                                   "fashiondvc repository; run from the repository root or "
+                                   "pass --index")
             raise FashionError(f"{folder} holds no search index: run `dvc repro index` first")
         try:
             meta = json.loads((folder / META_FILE).read_text())

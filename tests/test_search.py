@@ -301,3 +301,14 @@ def test_cli_text_search_needs_no_network_and_explains_unknown_words(collection,
             main(["search", *argv, *common])
         error = capsys.readouterr().err
         assert fragment in error and len(error.strip().splitlines()) == 1
+
+
+def test_search_outside_a_repository_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    photo = tmp_path / "q.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    with pytest.raises(SystemExit):
+        main(["search", str(photo)])
+    error = capsys.readouterr().err
+    assert "not a fashiondvc repository" in error and str(tmp_path) in error
+    assert len(error.strip().splitlines()) == 1

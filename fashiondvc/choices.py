@@ -36,3 +36,6 @@ SELECTIONS = ("last", "best")
 THRESHOLDS = ("fixed", "tuned")
 #: ``evaluate.tta``: no test-time augmentation, or the mean over each image and its mirror.
 TTAS = ("none", "flip")
+#: ``search.embedding``: what search ranks by: the head's hidden layer, or the predicted
+#: attributes (probabilities centred on 0.5).
+EMBEDDINGS = ("hidden", "attributes")

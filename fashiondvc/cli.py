@@ -73,7 +73,7 @@ def _index(args: argparse.Namespace) -> None:
     from fashiondvc.registry import open_model
 
     start = time.perf_counter()
-    opened = open_model(args.model, args.tta)
+    opened = open_model(args.model, args.tta, args.embedding)
     index, counts = build_index(args.model, args.images, args.out,
                                 threshold=args.threshold, predictor=opened.predictor,
                                 model_sha256=opened.sha256)
@@ -122,6 +122,8 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
                        help="decision threshold of the shown attributes (default 0.5)")
     index.add_argument("--tta", choices=("none", "flip"), default=None,
                        help="test-time augmentation (default: the model's, as logged)")
+    index.add_argument("--embedding", choices=("hidden", "attributes"), default=None,
+                       help="what search ranks by (default: the model's, as logged)")
     index.set_defaults(handler=_index)
     promote = commands.add_parser("promote", help="point a registry alias (default champion) "
                                   "at the model registered by a DVC experiment")

@@ -118,7 +118,8 @@ def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.Pa
     ``plots/`` into ``out_dir``; return the headline (``metrics.json``'s content).
 
     ``params`` is the validated `fashiondvc.params.Params` (``evaluate.threshold``,
-    ``evaluate.thresholds`` and ``evaluate.tta``); everything else comes with the saved model.
+    ``evaluate.thresholds``, ``evaluate.tta``, and ``search.embedding`` for
+    ``retrieval_p10``); everything else comes with the saved model.
     """
     import json
     from pathlib import Path
@@ -137,7 +138,9 @@ def run_evaluation(params, labels_csv: str | os.PathLike, split_csv: str | os.Pa
     result = evaluate(net, data, config, threshold=options.threshold,
                       thresholds=options.thresholds, tta=options.tta)
     manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())
-    headline = {**result.headline, **retrieval_metrics(net, data, split_csv, tta=options.tta),
+    headline = {**result.headline,
+                **retrieval_metrics(net, data, split_csv, tta=options.tta,
+                                    embedding=params.search.embedding),
                 "n_skipped": manifest["n_skipped"]}
     write_json(out / "metrics.json", headline)
     write_csv(out / "per_attribute.csv", result.per_attribute)

@@ -36,7 +36,7 @@ from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path, sha256_file
 from fashiondvc.predictor import Predictor
 from fashiondvc.preprocess import IMAGE_SUFFIXES, load_rgb
-from fashiondvc.retrieval import l2_normalize
+from fashiondvc.retrieval import search_vectors
 
 INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
 
@@ -60,6 +60,7 @@ class SearchIndex:
     precision: str = "fp32"
     skipped: list[str] = field(default_factory=list)
     tta: str = "none"
+    embedding: str = "hidden"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,7 +95,8 @@ class SearchIndex:
             (tmp / META_FILE).write_text(json.dumps({
                 "root": root.as_posix(), "labels": self.labels, "threshold": self.threshold,
                 "model_sha256": self.model_sha256, "image_size": self.image_size,
-                "precision": self.precision, "tta": self.tta, "n_images": len(self),
+                "precision": self.precision, "tta": self.tta, "embedding": self.embedding,
+                "n_images": len(self),
                 "skipped": self.skipped},
                 indent=2) + "\n")
 
@@ -125,7 +127,8 @@ class SearchIndex:
                    labels=list(meta["labels"]), probs=probs, embeddings=embeddings,
                    threshold=float(meta["threshold"]), model_sha256=meta["model_sha256"],
                    image_size=int(meta["image_size"]), precision=meta.get("precision", "fp32"),
-                   skipped=list(meta.get("skipped", [])), tta=meta.get("tta", "none"))
+                   skipped=list(meta.get("skipped", [])), tta=meta.get("tta", "none"),
+                   embedding=meta.get("embedding", "hidden"))
 
 
 def collection_files(folder: str | os.PathLike) -> list[Path]:
@@ -144,11 +147,13 @@ def collection_files(folder: str | os.PathLike) -> list[Path]:
 def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
                 out_dir: str | os.PathLike, *, threshold: float = 0.5, batch_size: int = 16,
                 predictor: Predictor | None = None, tta: str = "none",
-                model_sha256: str | None = None) -> tuple[SearchIndex, dict[str, int]]:
+                embedding: str = "hidden", model_sha256: str | None = None
+                ) -> tuple[SearchIndex, dict[str, int]]:
     """Index every photo under ``images_dir`` into ``out_dir``.
 
     Each photo goes through ``predictor`` (default: the model's, `Predictor.from_file`, with
-    ``tta``, ``evaluate.tta``; a given one comes with its network file's ``model_sha256``). Rows
+    ``tta``, ``evaluate.tta``, and ``embedding``, ``search.embedding``; a given one comes with
+    its network file's ``model_sha256``). Rows
     of an existing index at ``out_dir`` built with the same model are reused for photos whose
     bytes did not change. Unreadable images are skipped and listed in ``meta.json``.
 
@@ -161,7 +166,7 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     images_dir = Path(images_dir)
     files = collection_files(images_dir)
     model_sha = model_sha256 or sha256_file(model_path)
-    predictor = predictor or Predictor.from_file(model_path, tta)
+    predictor = predictor or Predictor.from_file(model_path, tta, embedding)
     cache = _previous_rows(out_dir, model_sha, predictor)
     paths, hashes, probs, embeddings, skipped = [], [], [], [], []
     pending: list[tuple[int, Image.Image]] = []
@@ -201,13 +206,14 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
     counts["skipped"] = len(skipped)
     if not paths:
         raise FashionError(f"search.images: no readable photos in {images_dir}")
-    hidden = predictor.net.out.in_features
+    hidden = predictor.width
     index = SearchIndex(
         root=images_dir, paths=paths, hashes=hashes, labels=predictor.labels,
         probs=np.stack(probs).reshape(len(paths), len(predictor.labels)),
         embeddings=np.stack(embeddings).reshape(len(paths), hidden), threshold=threshold,
         model_sha256=model_sha, image_size=predictor.image_size,
-        precision=predictor.precision, skipped=skipped, tta=predictor.tta)
+        precision=predictor.precision, skipped=skipped, tta=predictor.tta,
+        embedding=predictor.embedding)
     index.save(out_dir)
     return index, counts
 
@@ -215,7 +221,7 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
 def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str | os.PathLike,
                               split_csv: str | os.PathLike, features_dir: str | os.PathLike,
                               out_dir: str | os.PathLike, *, threshold: float = 0.5,
-                              tta: str = "none") -> SearchIndex:
+                              tta: str = "none", embedding: str = "hidden") -> SearchIndex:
     """Index the ingested photos from the stored features of their copy 0: no trunk pass.
 
     Copy 0 of a photo is the photo resized, JPEG-stored and run through the feature extractor
@@ -240,9 +246,10 @@ def build_index_from_features(model_path: str | os.PathLike, ingested_dir: str |
     probs, embedded = scores(net, data, rows, torch.device("cpu"), tta=tta)
     index = SearchIndex(
         root=images, paths=paths, hashes=[sha256_file(images / p) for p in paths],
-        labels=list(config.labels), probs=probs, embeddings=l2_normalize(embedded),
-        threshold=threshold, model_sha256=sha256_file(model_path),
-        image_size=config.extractor.image_size, precision=config.extractor.precision, tta=tta)
+        labels=list(config.labels), probs=probs,
+        embeddings=search_vectors(probs, embedded, embedding), threshold=threshold,
+        model_sha256=sha256_file(model_path), image_size=config.extractor.image_size,
+        precision=config.extractor.precision, tta=tta, embedding=embedding)
     index.save(out_dir)
     return index
 
@@ -255,8 +262,9 @@ def _previous_rows(folder: str | os.PathLike, model_sha: str,
         old = SearchIndex.load(folder)
     except (FashionError, OSError, ValueError, KeyError, TypeError):
         return {}
-    if (old.model_sha256, old.labels, old.precision, old.tta) != (
-            model_sha, predictor.labels, predictor.precision, predictor.tta):
+    if (old.model_sha256, old.labels, old.precision, old.tta, old.embedding) != (
+            model_sha, predictor.labels, predictor.precision, predictor.tta,
+            predictor.embedding):
         return {}
     return {h: (old.probs[i], old.embeddings[i]) for i, h in enumerate(old.hashes)}
 
@@ -282,8 +290,11 @@ def index_collection(params, model_path: str | os.PathLike, ingested: str | os.P
 
     threshold, tta, images = (params.evaluate.threshold, params.evaluate.tta,
                               params.search.images)
+    embedding = params.search.embedding
     if images is None:
         index = build_index_from_features(model_path, ingested, split_csv, features_dir,
-                                          out_dir, threshold=threshold, tta=tta)
+                                          out_dir, threshold=threshold, tta=tta,
+                                          embedding=embedding)
         return index, {"computed": 0, "reused": len(index), "skipped": 0}
-    return build_index(model_path, repo_path(images), out_dir, threshold=threshold, tta=tta)
+    return build_index(model_path, repo_path(images), out_dir, threshold=threshold, tta=tta,
+                       embedding=embedding)

@@ -97,12 +97,13 @@ def _find_or_log_trunk(client, exp_id: str, key: str, config) -> tuple[str, str]
     return f"runs:/{trunk_run.info.run_id}/frozen.pt", digest
 
 
-def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str | None = None):
+def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str | None = None,
+                         embedding: str | None = None):
     """The `Predictor` of a logged model: its ``net.pt`` plus the trunk in the store.
 
-    ``settings`` is the pyfunc's ``model_config`` (``trunk_uri``, ``trunk_sha256``, ``tta``);
-    ``tta`` overrides the logged one. Only the frozen layers are built, allocated empty and
-    filled from the store after the sha256 check.
+    ``settings`` is the pyfunc's ``model_config`` (``trunk_uri``, ``trunk_sha256``, ``tta``,
+    ``embedding``); ``tta`` and ``embedding`` override the logged ones. Only the frozen layers
+    are built, allocated empty and filled from the store after the sha256 check.
 
     Raises
     ------
@@ -127,7 +128,8 @@ def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str |
     part = backbones.empty_part(backbones.get(ex.backbone), ex.frozen, trainable=False)
     part.load_state_dict(state)
     return Predictor(net, config, FeatureExtractor(ex, part=part),
-                     tta=tta or settings.get("tta", "none"))
+                     tta=tta or settings.get("tta", "none"),
+                     embedding=embedding or settings.get("embedding", "hidden"))
 
 
 def _python_model():
@@ -189,11 +191,11 @@ def signature(labels: list[str]):
                           outputs=Schema([ColSpec("double", name) for name in labels]))
 
 
-def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str = "none"
-              ) -> str:
+def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str = "none",
+              embedding: str = "hidden") -> str:
     """Save the pyfunc model into ``run`` (a `fashiondvc.tracking.TrackedRun`), register it;
-    return ``models:/<name>/<version>``. ``tta`` (``evaluate.tta``) is how it scores photos,
-    as the evaluate stage scored them."""
+    return ``models:/<name>/<version>``. ``tta`` (``evaluate.tta``) is how it scores photos
+    and ``embedding`` (``search.embedding``) what search ranks by, as evaluated."""
     import mlflow.pyfunc
 
     import fashiondvc
@@ -206,7 +208,8 @@ def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str 
         folder = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
             folder, python_model=_python_model(), artifacts={"net": str(model_path)},
-            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha, "tta": tta},
+            model_config={"trunk_uri": trunk_uri, "trunk_sha256": trunk_sha, "tta": tta,
+                          "embedding": embedding},
             signature=signature(list(config.labels)),
             code_paths=[str(Path(fashiondvc.__file__).parent)],
             pip_requirements=["torch", "torchvision", "pillow", "numpy", "pandas", "mlflow"])

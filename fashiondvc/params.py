@@ -20,6 +20,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from fashiondvc.choices import (
     BACKBONES,
+    EMBEDDINGS,
     FEATURE_KINDS,
     HEADS,
     LOSSES,
@@ -196,6 +197,7 @@ CONSTRAINTS: dict[str, Any] = {
     "evaluate.tta": Options(TTAS),
     "search.images": Text(optional=True),
     "search.top": Integer(1),
+    "search.embedding": Options(EMBEDDINGS),
 }
 
 
@@ -302,6 +304,7 @@ class EvaluateParams:
 class SearchParams:
     images: str | None
     top: int
+    embedding: str
 
 
 _SECTIONS = {"data": DataParams, "augment": AugmentParams, "split": SplitParams,

@@ -21,7 +21,7 @@ from fashiondvc.config import ModelConfig
 from fashiondvc.errors import FashionError
 from fashiondvc.features import FeatureExtractor
 from fashiondvc.preprocess import load_rgb
-from fashiondvc.retrieval import l2_normalize
+from fashiondvc.retrieval import search_vectors
 
 #: Largest query photo accepted, in pixels.
 MAX_PIXELS = 40_000_000
@@ -32,18 +32,21 @@ class Predictor:
 
     ``tta`` is ``evaluate.tta``: ``flip`` averages each photo with its mirror (twice the
     time), as the evaluate and index stages average stored rows (`fashiondvc.rows.scores`).
+    ``embedding`` is ``search.embedding``, the vector search ranks by
+    (`fashiondvc.retrieval.search_vectors`).
     """
 
     def __init__(self, net, config: ModelConfig, extractor: FeatureExtractor | None = None,
-                 tta: str = "none"):
-        self.net, self.config, self.tta = net.eval(), config, tta
+                 tta: str = "none", embedding: str = "hidden"):
+        self.net, self.config, self.tta, self.embedding = net.eval(), config, tta, embedding
         self.extractor = extractor or FeatureExtractor(config.extractor)
         self.labels = list(config.labels)
         self.image_size = config.extractor.image_size
         self.precision = config.extractor.precision
 
     @classmethod
-    def from_file(cls, model_path: str | os.PathLike, tta: str = "none") -> Predictor:
+    def from_file(cls, model_path: str | os.PathLike, tta: str = "none",
+                  embedding: str = "hidden") -> Predictor:
         """Load a network saved by the train stage (``models/net.pt``) and its extractor."""
         from dataclasses import replace
 
@@ -52,20 +55,25 @@ class Predictor:
         net, config = load_net(model_path)
         extractor = replace(config.extractor,
                             weights=weights_for_model(config.extractor.weights, model_path))
-        return cls(net, replace(config, extractor=extractor), tta=tta)
+        return cls(net, replace(config, extractor=extractor), tta=tta, embedding=embedding)
 
     @torch.inference_mode()
     def images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs, embeddings)`` of upright RGB images, shapes (n, n_labels) and (n, hidden),
-        float32; embeddings L2-normalised."""
+        """``(probs, embeddings)`` of upright RGB images, shapes (n, n_labels) and (n, `width`),
+        float32; embeddings L2-normalised (`fashiondvc.retrieval.search_vectors`)."""
         probs, embedded = [], []
         for mirror in ((False, True) if self.tta == "flip" else (False,)):
             features = self.extractor.photos(images, mirror)
             hidden = self.net.embed({name: features[name].float() for name in self.config.inputs})
             probs.append(self.net.probabilities(self.net.out(hidden)).numpy())
             embedded.append(hidden.numpy())
-        return (np.mean(probs, axis=0).astype(np.float32),
-                l2_normalize(np.mean(embedded, axis=0).astype(np.float32)))
+        mean = np.mean(probs, axis=0).astype(np.float32)
+        return mean, search_vectors(mean, np.mean(embedded, axis=0), self.embedding)
+
+    @property
+    def width(self) -> int:
+        """Length of an embedding: the hidden layer's, or one value per attribute."""
+        return len(self.labels) if self.embedding == "attributes" else self.net.out.in_features
 
     def photo(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(probs, embedding)`` of one encoded photo.

@@ -80,10 +80,12 @@ class OpenedModel:
     description: str
 
 
-def open_model(model: str | Path, tta: str | None = None) -> OpenedModel:
+def open_model(model: str | Path, tta: str | None = None, embedding: str | None = None
+               ) -> OpenedModel:
     """A model file (``models/net.pt``) or registry URI -> `OpenedModel`.
 
-    ``tta`` (``none``, ``flip``) defaults to the registered version's, or ``none`` for a file.
+    ``tta`` (``none``, ``flip``) and ``embedding`` (``hidden``, ``attributes``) default to the
+    registered version's (as it was evaluated), or ``none`` and ``hidden`` for a file.
 
     A URI's version is resolved (``@alias`` or ``/<version>``), its ``net.pt`` downloaded and
     its trunk taken from the store, as the logged pyfunc model does
@@ -101,12 +103,12 @@ def open_model(model: str | Path, tta: str | None = None) -> OpenedModel:
 
         if not Path(model).exists():
             raise FashionError(f"{model} does not exist: run the train stage first")
-        return OpenedModel(Predictor.from_file(model, tta or "none"), sha256_file(model),
-                           str(model))
+        return OpenedModel(Predictor.from_file(model, tta or "none", embedding or "hidden"),
+                           sha256_file(model), str(model))
     net_path, settings, description = download(str(model))
     from fashiondvc.mlmodel import predictor_from_store
 
-    predictor = predictor_from_store(net_path, settings, tta)
+    predictor = predictor_from_store(net_path, settings, tta, embedding)
     return OpenedModel(predictor, sha256_file(net_path), description)
 
 

@@ -70,23 +70,40 @@ def chance_precision(query_positive: np.ndarray, collection_positive: np.ndarray
     return float(((query_positive[valid] @ rate) / sizes[valid]).mean())
 
 
-def embed_rows(net, data, rows: np.ndarray, batch_size: int = 256, tta: str = "none"
-               ) -> np.ndarray:
-    """L2-normalised `AttributeNet.embed` of stored rows ``rows`` of ``data`` (`rows.Splits`),
-    in fp32; with ``tta="flip"`` of the mean over each image and its mirror."""
+def search_vectors(probs: np.ndarray, hidden: np.ndarray, embedding: str = "hidden"
+                   ) -> np.ndarray:
+    """The L2-normalised vectors search ranks by (``search.embedding``), float32.
+
+    ``hidden``: the head's hidden layer, shape (n, hidden). ``attributes``: the predicted
+    probabilities centred on 0.5, shape (n, n_labels), so that two photos are close when the
+    model gives them the same attributes, and an attribute both surely lack counts as much as
+    one both have. On validation photos of the recipe it ranks neighbours sharing more true
+    attributes (P@10 0.587 against 0.529, reports/recipes/retrieval_choice.md).
+    """
+    vectors = probs - 0.5 if embedding == "attributes" else hidden
+    return l2_normalize(np.asarray(vectors, dtype=np.float32))
+
+
+def embed_rows(net, data, rows: np.ndarray, batch_size: int = 256, tta: str = "none",
+               embedding: str = "hidden") -> np.ndarray:
+    """`search_vectors` of stored rows ``rows`` of ``data`` (`rows.Splits`), in fp32; with
+    ``tta="flip"`` of the mean over each image and its mirror."""
     from fashiondvc.rows import scores
 
     device = next(net.parameters()).device
-    _, embedded = scores(net, data, rows, device, tta=tta, batch_size=batch_size)
-    return l2_normalize(embedded) if len(embedded) else np.zeros((0, 0), np.float32)
+    probs, embedded = scores(net, data, rows, device, tta=tta, batch_size=batch_size)
+    if not len(embedded):
+        return np.zeros((0, 0), np.float32)
+    return search_vectors(probs, embedded, embedding)
 
 
 def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10,
-                      tta: str = "none") -> dict[str, float]:
+                      tta: str = "none", embedding: str = "hidden") -> dict[str, float]:
     """``retrieval_p10`` and ``retrieval_p10_chance``: test copy-0 images against train ones.
 
     Relevance uses the ground-truth labels of ``data`` (see `precision_at_k`); the chance
-    level is `chance_precision`. Empty if undefined. ``tta`` as in `embed_rows`.
+    level is `chance_precision`. Empty if undefined. ``tta`` and ``embedding`` as in
+    `embed_rows`.
     """
     import pandas as pd
 
@@ -97,8 +114,10 @@ def retrieval_metrics(net, data, split_csv: str | os.PathLike, k: int = 10,
     if len(queries) == 0 or len(collection) == 0:
         return {}
     positive = (data.targets > 0.5) & data.mask.astype(bool)
-    value = precision_at_k(embed_rows(net, data, queries, tta=tta), positive[queries],
-                           embed_rows(net, data, collection, tta=tta), positive[collection], k)
+    value = precision_at_k(embed_rows(net, data, queries, tta=tta, embedding=embedding),
+                           positive[queries],
+                           embed_rows(net, data, collection, tta=tta, embedding=embedding),
+                           positive[collection], k)
     if np.isnan(value):
         return {}
     return {f"retrieval_p{k}": value,

@@ -126,7 +126,7 @@ class Searcher:
         from fashiondvc.registry import open_model
 
         index = index_dir if isinstance(index_dir, SearchIndex) else SearchIndex.load(index_dir)
-        opened = open_model(model, index.tta)
+        opened = open_model(model, index.tta, index.embedding)
         if opened.sha256 != index.model_sha256:
             raise FashionError(f"the index was built with another model than "
                                f"{opened.description}: rebuild it (dvc repro index, or "

@@ -27,7 +27,7 @@ def main() -> None:
         params.flat(), pd.read_csv(history_csv).to_dict("records"), headline,
         tracking.stage_artifacts(out_dir), manifest["archive_sha256"], model_path,
         lambda run: mlmodel.log_model(run, model_path, manifest["archive_sha256"],
-                                      params.evaluate.tta))
+                                      params.evaluate.tta, params.search.embedding))
 
 
 if __name__ == "__main__":

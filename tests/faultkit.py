@@ -249,12 +249,13 @@ def reference_repo(factory) -> Path:
     if "repo" not in _SESSION:
         repo = make_repo(factory.mktemp("reference") / "repo", reference_archive(factory),
                          **REFERENCE_PARAMS)
-        _SESSION["first_run"] = run(["dvc", "repro"], repo).stdout
+        done = run(["dvc", "repro"], repo)
+        _SESSION["first_run"], _SESSION["first_run_stderr"] = done.stdout, done.stderr
         _SESSION["repo"] = repo
     return _SESSION["repo"]
 
 
-def reference_output(factory) -> str:
-    """What the reference ``dvc repro`` printed on stdout."""
+def reference_output(factory, stream: str = "stdout") -> str:
+    """What the reference ``dvc repro`` printed on ``stream`` (stdout or stderr)."""
     reference_repo(factory)
-    return _SESSION["first_run"]
+    return _SESSION["first_run" if stream == "stdout" else "first_run_stderr"]

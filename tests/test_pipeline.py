@@ -32,3 +32,24 @@ def test_repro_runs_every_stage_then_nothing(reference_log, reference_copy):
     assert second.stdout.count("Running stage") == 1
     assert "Running stage 'inputs'" in second.stdout
     assert "Stage 'ingest' didn't change, skipping" in second.stdout
+
+
+#: stderr lines a user may see from a healthy run: the project's progress lines (a name, a
+#: percentage or a count) and the stage scripts' own messages. Anything else (a dependency's
+#: warning, an INFO log line, a traceback) is noise that buries them.
+PROGRESS = r"^[\w /.-]+: +(\d+%|\d+/\d+|\d+ ?\w+)"
+
+
+def test_a_healthy_repro_prints_no_dependency_warnings_or_info_lines(reference,
+                                                                      tmp_path_factory):
+    import re
+
+    from faultkit import reference_output
+
+    stderr = reference_output(tmp_path_factory, "stderr")
+    noise = [line for line in stderr.splitlines()
+             if line.strip() and not re.match(PROGRESS, line.strip())]
+    assert noise == [], "\n".join(noise[:20])
+    metrics = json.loads((reference / "metrics" / "metrics.json").read_text())
+    assert {"accuracy_mean", "balanced_accuracy", "baseline_accuracy_mean"} <= set(metrics)
+    assert 0 <= metrics["balanced_accuracy"] <= 1

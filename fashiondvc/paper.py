@@ -41,15 +41,19 @@ def paper_table() -> pd.DataFrame:
     return table
 
 
-#: The recipe chosen on validation photos (reports/real-weights/README.md): each component won
-#: its comparison on validation mAP in the sweep (multiscale head over gap and flatten; the
-#: asymmetric loss and per-label frequency weights over plain weighted BCE), with the best epoch
-#: by validation mAP and per-label thresholds tuned on validation. Queued by
-#: ``fashiondvc paper queue --beyond`` as ``beyond-<labels>``.
-RECIPE = ("model.frozen_convs=13", "model.head=multiscale", "model.inputs=[trunk,side]",
-          "train.loss=asl", "train.gamma=4",
+#: The recipe chosen on validation photos (reports/recipes/README.md): each component won its
+#: comparison on validation mAP, for both label sets: the multiscale head over gap and flatten,
+#: the asymmetric loss and per-label frequency weights over plain weighted BCE (earlier sweep,
+#: reports/real-weights/), the colour histograms as a third input over trunk + side alone, the
+#: multiscale head over region pooling, flip test-time augmentation over none; and search
+#: ranking by the predicted attributes over the hidden layer (validation P@10). Best epoch by
+#: validation mAP, per-label thresholds tuned on validation. Queued by
+#: ``fashiondvc paper queue --beyond`` as ``beyond-<labels>`` (``--seeds 3``: one per seed).
+RECIPE = ("model.frozen_convs=13", "model.head=multiscale",
+          "model.inputs=[trunk,side,colour]", "train.loss=asl", "train.gamma=4",
           "train.pos_weight=frequency", "k=1", "lr=0.001", "train.epochs=20",
-          "split.val_size=0.15", "train.select=best", "evaluate.thresholds=tuned")
+          "split.val_size=0.15", "train.select=best", "evaluate.thresholds=tuned",
+          "featurize.mirror=true", "evaluate.tta=flip", "search.embedding=attributes")
 BEYOND: dict[str, tuple[str, ...]] = {"attrs20": RECIPE, "colors11": RECIPE}
 
 

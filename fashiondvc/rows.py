@@ -169,8 +169,16 @@ def predict(net, dataset: FeatureSet, device: torch.device, precision: str = "fp
     """Raw outputs (float32, on the CPU) of ``net`` for every row of ``dataset``, in order.
 
     ``net.probabilities(outputs)`` turns them into label scores. With ``embeddings``, also the
-    hidden layer's activations (`fashiondvc.net.AttributeNet.embed`), float32.
+    hidden layer's activations (`fashiondvc.net.AttributeNet.embed`), float32. The dataset's
+    rows must be ascending (`FeatureSet` reads each batch in file order); `scores` takes any.
+
+    Raises
+    ------
+    ValueError
+        If the rows of ``dataset`` are not in ascending order.
     """
+    if np.any(np.diff(dataset.rows) < 0):
+        raise ValueError("predict: the dataset's rows must be ascending (use rows.scores)")
     net.eval()
     outputs, hidden = [], []
     batches = loader(dataset, batch_size, shuffle=False, seed=0)
@@ -195,12 +203,18 @@ def scores(net, data: Splits, rows: np.ndarray, device: torch.device, precision:
     (``data`` loaded with ``mirror=True``), as `fashiondvc.predictor.Predictor` does for a
     query photo.
     """
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")  # `predict` reads ascending rows
     views = (False, True) if tta == "flip" else (False,)
     probs, embedded = [], []
     for mirror in views:
-        outputs, hidden = predict(net, data.subset(rows, mirror), device, precision,
+        outputs, hidden = predict(net, data.subset(rows[order], mirror), device, precision,
                                   batch_size=batch_size, embeddings=True)
         probs.append(net.probabilities(outputs).numpy() if len(outputs)
                      else np.zeros((0, net.n_labels), np.float32))
         embedded.append(hidden.numpy())
-    return np.mean(probs, axis=0).astype(np.float32), np.mean(embedded, axis=0).astype(np.float32)
+    back = np.argsort(order, kind="stable")  # in the order ``rows`` asked for
+    mean_probs = np.mean(probs, axis=0).astype(np.float32)
+    mean_embedded = np.mean(embedded, axis=0).astype(np.float32)
+    return (mean_probs[back] if len(rows) else mean_probs,
+            mean_embedded[back] if len(rows) else mean_embedded)

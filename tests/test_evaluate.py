@@ -110,3 +110,14 @@ def test_flip_tta_averages_each_image_with_its_mirror(trained):
     assert np.allclose(probs, mean[t], atol=1e-6) and embedded.shape == (len(t), 16)
     with pytest.raises(Exception, match="no mirrored features"):
         evaluate(net, data, config, tta="flip")
+
+
+def test_scores_answer_rows_in_the_order_asked_and_predict_refuses_unsorted_rows(trained):
+    from fashiondvc.rows import predict, scores
+
+    net, data, _ = trained
+    rows = np.concatenate([data.val_rows, data.test_rows[::-1], data.train_rows[:7]])
+    probs, _ = scores(net, data, rows, torch.device("cpu"), batch_size=16)
+    assert np.allclose(probs, probabilities(net, data)[rows], atol=1e-6)
+    with pytest.raises(ValueError, match="ascending"):
+        predict(net, data.subset(rows), torch.device("cpu"))

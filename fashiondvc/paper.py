@@ -165,7 +165,8 @@ EXTRA = ("f1_micro", "accuracy_labelwise", "map", "baseline_f1_micro", "baseline
 RECIPE_KEYS = ("labels", "k", "lr", "model.backbone", "model.frozen_convs",
                "split.group_by_source", "split.val_size", "model.head", "model.inputs",
                "train.loss", "train.pos_weight", "train.label_pca", "train.select",
-               "train.epochs", "train.seed", "evaluate.thresholds", "evaluate.tta")
+               "train.epochs", "train.seed", "evaluate.thresholds", "evaluate.tta",
+               "search.embedding")
 #: Test metrics of the variants table and the seeds summary, with the baseline's.
 VARIANT_METRICS = ("val_map", "val_f1_micro", "f1_micro", "f1_micro_fixed", "map",
                    "f1_train_test", "accuracy_mean", "balanced_accuracy", "baseline_f1_micro",

@@ -152,7 +152,10 @@ def test_saved_net_round_trips(tmp_path, head, inputs, label_pca):
     assert loaded_config == config
     assert not loaded.training
     assert torch.equal(loaded(x), net(x))
-    assert torch.equal(loaded.probabilities(loaded(x)), net.probabilities(net(x)))
+    # the label-PCA decode is a matmul with a memory-mapped buffer: last-bit GEMM differences
+    # between memory layouts are possible (seen once under load), nothing larger
+    assert torch.allclose(loaded.probabilities(loaded(x)), net.probabilities(net(x)),
+                          rtol=0, atol=1e-6)
 
 
 def test_regions_head_pools_bands_quadrants_and_the_centre():

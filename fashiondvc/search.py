@@ -218,12 +218,13 @@ def format_words(result: dict, index: SearchIndex) -> str:
     lines = [f"{result['text']!r} -> {' + '.join(wanted)}: {result['matches']} of "
              f"{len(index)} photos in {index.root} match (threshold {result['threshold']:g}),"
              " most probable first:"]
-    if not result["results"]:
-        lines.append("  no photo matches")
-    for n, hit in enumerate(result["results"], 1):
-        lines.append(f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
-                     f"{', '.join(hit['attributes']) or '-'}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *_hit_lines(result["results"], index, "  no photo matches")])
+
+
+def _hit_lines(hits: list[dict], index: SearchIndex, empty: str) -> list[str]:
+    """One line per result: rank, score, file, predicted attributes (or ``empty``)."""
+    return [f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
+            f"{', '.join(hit['attributes']) or '-'}" for n, hit in enumerate(hits, 1)] or [empty]
 
 
 def format_text(result: dict, photo: str, index: SearchIndex) -> str:
@@ -236,10 +237,6 @@ def format_text(result: dict, photo: str, index: SearchIndex) -> str:
         lines.append(f"  {item['name']:18s} {item['probability']:5.2f} {bar}")
     where = f", with {' + '.join(result['where'])}" if result["where"] else ""
     lines.append(f"\nMost similar of {len(index)} photos in {index.root}{where} (cosine):")
-    if not result["results"]:
-        lines.append("  no photo matches the filters")
-    for n, hit in enumerate(result["results"], 1):
-        lines.append(f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
-                     f"{', '.join(hit['attributes']) or '-'}")
+    lines += _hit_lines(result["results"], index, "  no photo matches the filters")
     return "\n".join(lines)
 

@@ -168,3 +168,11 @@ def test_the_frozen_knob_cannot_pass_its_backbones_units(monkeypatch):
                                            r"freeze, got 4$"):
         validate(params)
     validate(with_value(params, "model.frozen_stages", 3))
+
+
+def test_flip_tta_needs_the_mirrored_features():
+    params = with_value(defaults(), "evaluate.tta", "flip")
+    with pytest.raises(FashionError, match=r"^evaluate\.tta: 'flip' needs the mirrored "
+                                           r"features; set featurize\.mirror: true$"):
+        validate(params)
+    validate(with_value(params, "featurize.mirror", True))

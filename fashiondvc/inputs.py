@@ -64,7 +64,11 @@ def archive_fingerprint(archive: str, url: str | None, sha256: str | None) -> di
         if not url:
             raise FashionError(f"data.archive: {archive} does not exist and data.url is empty")
         print(f"{path} not found: downloading {url}")
-        download(url, path, sha256)
+        try:
+            download(url, path, sha256)
+        except FashionError as exc:  # offline, a moved URL...: say where we looked, and both fixes
+            raise FashionError(f"data.archive: {path} not found, and {exc}; put the archive "
+                               "there, or set data.archive to where it is") from None
     return {"archive": archive, **fingerprint_path(path)}
 
 

@@ -126,6 +126,9 @@ def download_fails(tmp_path: Path, url: str, *names: str, **params: object) -> N
     work = workdir(tmp_path / "work", archive, **{"data.url": url, **params})
     result = run_stage("inputs", "data/inputs", cwd=work)  # the stage that downloads
     assert_user_error(result, url, *names, absent=(work / "data" / "inputs", archive))
+    # where it looked, that the download failed, and both ways to fix it (issue 23)
+    assert f"data.archive: {archive} not found" in result.stderr
+    assert "put the archive there, or set data.archive" in result.stderr
 
 
 def test_download_404(tmp_path):

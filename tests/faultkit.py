@@ -180,9 +180,13 @@ def repro_env(**extra: str) -> dict[str, str]:
             "DVC_NO_ANALYTICS": "1", **extra}
 
 
-def repro_until_hang(repo: Path, stage: str, timeout: float = 180.0) -> str:
+def repro_until_hang(repo: Path, stage: str, timeout: float = 180.0,
+                     sig: signal.Signals = signal.SIGKILL,
+                     command: tuple[str, ...] = ("dvc", "repro")) -> str:
     """Start ``dvc repro`` in its own process group, wait until ``stage`` is parked at its hang
-    point (tests/hang/sitecustomize.py), SIGKILL the whole group; return dvc's output."""
+    point (tests/hang/sitecustomize.py), send the whole group ``sig`` (SIGKILL; SIGINT is
+    Ctrl-C), and SIGKILL what is left after 30 s; return dvc's output. ``command`` may be
+    another DVC command that runs the pipeline (``dvc exp run``)."""
     marker = repo.parent / f"hang-{stage}"
     marker.unlink(missing_ok=True)
     env = repro_env(FASHIONDVC_TEST_HANG=stage, FASHIONDVC_TEST_HANG_MARKER=str(marker),
@@ -191,7 +195,7 @@ def repro_until_hang(repo: Path, stage: str, timeout: float = 180.0) -> str:
     env.pop("MLFLOW_TRACKING_URI", None)
     log = repo.parent / f"repro-{stage}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=out,
+        proc = subprocess.Popen(list(command), cwd=repo, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not marker.exists():
@@ -203,8 +207,12 @@ def repro_until_hang(repo: Path, stage: str, timeout: float = 180.0) -> str:
                 raise AssertionError(f"{stage} never hung:\n{log.read_text()[-4000:]}")
             time.sleep(0.05)
         stage_pid = int(marker.read_text())
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     assert wait_dead(stage_pid), f"stage process {stage_pid} survived the kill"
     return log.read_text()
 

@@ -323,3 +323,20 @@ def test_sigkill_in_evaluate_and_index_then_repro_matches_the_reference(referenc
     assert len(runs_before) <= len(runs_after) <= len(runs_before) + 1
     assert json.loads((repo / "data" / "index" / "meta.json").read_text())["n_images"] == 23
     assert run(["dvc", "status"], repo).stdout.split() == ["inputs:", "always", "changed"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "command"), [
+    (signal.SIGINT, ("dvc", "repro")), (signal.SIGTERM, ("dvc", "repro")),
+    (signal.SIGINT, ("dvc", "exp", "run"))], ids=["ctrl-c", "sigterm", "ctrl-c-exp-run"])
+def test_ctrl_c_or_sigterm_in_training_keeps_the_finished_epoch(reference, tmp_path,
+                                                                 tmp_path_factory, sig, command):
+    """Ctrl-C (SIGINT to the process group) and SIGTERM after epoch 1 keep its checkpoint, as
+    SIGKILL does, and the next ``dvc repro`` resumes from it (issue 23)."""
+    repo = make_repo(tmp_path / "repo", reference_archive(tmp_path_factory), **REFERENCE_PARAMS)
+    log = repro_until_hang(repo, "train", sig=sig, command=command)
+    assert "Running stage 'train'" in log
+    assert list(repo.glob(".checkpoints/train-*.pt")), f"no checkpoint after {sig.name}:\n{log}"
+    final = run(["dvc", "repro"], repo)
+    assert "resuming from .checkpoints/train-" in final.stdout
+    assert results(repo) == results(reference)

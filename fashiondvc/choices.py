@@ -4,8 +4,10 @@
 from the torch-based modules keeps the ingest, augment and split stages from importing torch.
 """
 
-#: ``featurize.precision`` and ``train.precision``.
+#: ``train.precision``.
 PRECISIONS = ("bf16", "fp16", "fp32")
+#: ``featurize.precision``: those, or the int8 frozen trunk (`fashiondvc.quantize`).
+FEATURIZE_PRECISIONS = (*PRECISIONS, "int8")
 #: ``train.optimizer``.
 OPTIMIZERS = ("adam", "sgd")
 #: ``model.backbone`` -> ``(knob, units)``: the parameter that says where its frozen part ends,

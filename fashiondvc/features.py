@@ -46,6 +46,8 @@ from fashiondvc.runtime import compute_dtype, prepare_trunk, release_free_memory
 #: 0.361 -> 0.444 beside the pooled trunk features).
 COLOUR_BINS, COLOUR_GRID = (16, 4, 4), (4, 3)
 META_FILE = "meta.json"
+#: Stem of the int8 trunk's two files in a features folder (``featurize.precision: int8``).
+INT8_TRUNK = "trunk-int8"
 
 
 def colour_histograms(images: np.ndarray, bins: tuple[int, int, int] = COLOUR_BINS,
@@ -85,6 +87,26 @@ def colour_histograms(images: np.ndarray, bins: tuple[int, int, int] = COLOUR_BI
 FEATURE_KINDS = choices.FEATURE_KINDS
 
 
+def _int8_or_float(config: ExtractorConfig, device: torch.device, part) -> ExtractorConfig:
+    """``config`` if its int8 trunk can run here, else (one line on stderr) the float
+    precision this CPU runs best, so the features say what made them."""
+    import sys
+    from dataclasses import replace
+
+    from fashiondvc import quantize
+    from fashiondvc.runtime import cpu_supports_bf16
+
+    if device.type != "cpu":
+        raise FashionError(f"featurize.precision: int8 runs on the CPU (OpenVINO), not on "
+                           f"{device.type}; set featurize.device: cpu")
+    reason = quantize.missing()
+    if reason is None or part is not None:
+        return config
+    fallback = "bf16" if cpu_supports_bf16() else "fp32"
+    print(f"{reason}; computing the features in {fallback} instead", file=sys.stderr)
+    return replace(config, precision=fallback)
+
+
 class FeatureExtractor:
     """The frozen part of a backbone plus the other feature kinds, for batches of images.
 
@@ -97,22 +119,40 @@ class FeatureExtractor:
         ``featurize.device``: ``auto``, ``cpu``, ``cuda``, ...
     """
 
-    def __init__(self, config: ExtractorConfig, part: backbones.FrozenPart | None = None,
-                 device: str = "cpu"):
-        self.config = config
+    def __init__(self, config: ExtractorConfig, part=None, device: str = "cpu"):
         self.device = resolve_device(device, "featurize.device")
-        self.dtype = compute_dtype(self.device, config.precision)
+        if config.precision == "int8":
+            config = _int8_or_float(config, self.device, part)
+        self.config = config
+        self.int8 = config.precision == "int8"
+        self.dtype = torch.float32 if self.int8 else compute_dtype(self.device, config.precision)
         if part is None:
             part = backbones.frozen_part(backbones.get(config.backbone), config.weights,
                                          config.frozen)
-        self.part = prepare_trunk(part, self.device, self.dtype)
+        self.part = part if self.int8 else prepare_trunk(part, self.device, self.dtype)
         self.stored = (torch.float32 if config.storage_dtype == np.float32 else torch.float16)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the frozen part is the int8 one (`fashiondvc.quantize.Int8Trunk`)."""
+        return self.int8 and not isinstance(self.part, torch.nn.Module)
+
+    def quantize(self, store) -> list[int]:
+        """Replace the float frozen part by its int8 quantization, calibrated on the rows of
+        ``store`` that `fashiondvc.quantize.calibration_rows` picks; return those rows."""
+        from fashiondvc import quantize
+
+        rows = quantize.calibration_rows(len(store))
+        images = normalize(torch.from_numpy(np.stack([store[i] for i in rows]))).numpy()
+        self.part = quantize.Int8Trunk.quantize(self.part, images)
+        return rows
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named features of uint8 images of shape (n, size, size, 3) (see `FEATURE_KINDS`)."""
         x = normalize(images.to(self.device, non_blocking=True))
-        x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
+        if not self.int8:
+            x = x.to(dtype=self.dtype, memory_format=torch.channels_last)
         trunk, side = self.part.forward_with_side(x)
         return {"trunk": trunk.to(self.stored).contiguous().cpu(), "side": side.cpu(),
                 "colour": torch.from_numpy(colour_histograms(images.cpu().numpy()))}
@@ -204,8 +244,18 @@ def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
     """
     from fashiondvc.io import atomic_path
 
+    calibration = extractor.quantize(store) if extractor.int8 and not extractor.quantized \
+        else None
     with atomic_path(out_dir, is_dir=True) as tmp:
-        return _featurize(store, extractor, tmp, batch_size, workers, mirror)
+        meta = _featurize(store, extractor, tmp, batch_size, workers, mirror)
+        if extractor.int8:
+            from fashiondvc import quantize
+
+            for suffix, data in extractor.part.files.items():
+                (tmp / f"{INT8_TRUNK}.{suffix}").write_bytes(data)
+            meta["int8"] = {"calibration_rows": calibration, **quantize.versions()}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
 
 
 def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
@@ -285,6 +335,17 @@ class StoredFeatures:
 
     def arrays(self, names: Sequence[str], mirror: bool = False) -> dict[str, np.ndarray]:
         return {name: self.array(name, mirror) for name in names}
+
+    def int8_files(self) -> dict[str, bytes] | None:
+        """The int8 trunk the features came from (``{"xml": ..., "bin": ...}``), or None for
+        float features."""
+        if self.config.precision != "int8":
+            return None
+        files = {suffix: self.folder / f"{INT8_TRUNK}.{suffix}" for suffix in ("xml", "bin")}
+        for path in files.values():
+            if not path.is_file():
+                raise FashionError(f"{path} does not exist: rerun the featurize stage")
+        return {suffix: path.read_bytes() for suffix, path in files.items()}
 
 
 RAM_BUDGET_BYTES = 3 * 2**29

@@ -120,6 +120,9 @@ def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str |
     from fashiondvc.predictor import Predictor
 
     net, config = load_net(net_path)
+    if config.extractor.precision == "int8":  # the quantized trunk travels in net.pt
+        return Predictor(net, config, tta=tta or settings.get("tta", "none"),
+                         embedding=embedding or settings.get("embedding", "hidden"))
     path = mlflow.artifacts.download_artifacts(artifact_uri=settings["trunk_uri"])
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state_sha256(state) != settings["trunk_sha256"]:

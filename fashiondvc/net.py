@@ -173,18 +173,29 @@ def build_net(config: ModelConfig, seed: int, label_pca: LabelPCA | None = None
                             config.dropout, head=config.head, label_pca=label_pca)
 
 
-def save_net(net: AttributeNet, path: str | os.PathLike, config: ModelConfig) -> None:
-    """Save the trained network's weights with the config that rebuilds it (`load_net`)."""
+def save_net(net: AttributeNet, path: str | os.PathLike, config: ModelConfig,
+             int8_trunk: dict[str, bytes] | None = None) -> None:
+    """Save the trained network's weights with the config that rebuilds it (`load_net`).
+
+    ``int8_trunk`` is the quantized frozen part the features came from
+    (`fashiondvc.features.StoredFeatures.int8_files`): saved with the network, so every query
+    path runs the same bytes.
+    """
     from fashiondvc.io import atomic_path
 
+    saved = {"config": config.to_dict(), "state_dict": net.state_dict()}
+    if int8_trunk is not None:
+        saved["int8_trunk"] = {suffix: torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                               for suffix, data in int8_trunk.items()}
     with atomic_path(path) as tmp:
-        torch.save({"config": config.to_dict(), "state_dict": net.state_dict()}, tmp)
+        torch.save(saved, tmp)
 
 
 def load_net(path: str | os.PathLike) -> tuple[AttributeNet, ModelConfig]:
     """Rebuild a network saved by `save_net` (loaded with ``weights_only=True``).
 
-    Returns the network in eval mode and its `ModelConfig`. Nothing is initialised: the
+    Returns the network in eval mode and its `ModelConfig`; ``net.int8_trunk`` holds the
+    int8 frozen part's files for an int8 model (`save_net`), else None. Nothing is initialised: the
     backbone's trainable layers are allocated empty and filled from the file (a query's load
     time).
 
@@ -219,4 +230,10 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, ModelConfig]:
         net.load_state_dict(saved["state_dict"])
     except (RuntimeError, FashionError) as exc:
         raise FashionError(f"{path}: weights do not match its config ({exc})") from None
+    net.int8_trunk = None
+    if config.extractor.precision == "int8":
+        stored = saved.get("int8_trunk")
+        if not (isinstance(stored, dict) and {"xml", "bin"} <= stored.keys()):
+            raise FashionError(f"{path}: an int8 model without its int8 trunk; rerun train")
+        net.int8_trunk = {suffix: stored[suffix].numpy().tobytes() for suffix in ("xml", "bin")}
     return net.eval(), config

@@ -27,6 +27,17 @@ from fashiondvc.retrieval import search_vectors
 MAX_PIXELS = 40_000_000
 
 
+def int8_part(net):
+    """The int8 frozen part saved with an int8 ``net`` (`fashiondvc.net.load_net`), else None
+    (the extractor builds the float one from its weights)."""
+    files = getattr(net, "int8_trunk", None)
+    if files is None:
+        return None
+    from fashiondvc.quantize import Int8Trunk
+
+    return Int8Trunk.from_files(files["xml"], files["bin"])
+
+
 class Predictor:
     """``net`` (eval mode) with the extractor of its `ModelConfig` (built unless given).
 
@@ -39,7 +50,7 @@ class Predictor:
     def __init__(self, net, config: ModelConfig, extractor: FeatureExtractor | None = None,
                  tta: str = "none", embedding: str = "hidden"):
         self.net, self.config, self.tta, self.embedding = net.eval(), config, tta, embedding
-        self.extractor = extractor or FeatureExtractor(config.extractor)
+        self.extractor = extractor or FeatureExtractor(config.extractor, part=int8_part(net))
         self.labels = list(config.labels)
         self.image_size = config.extractor.image_size
         self.precision = config.extractor.precision

@@ -278,7 +278,7 @@ def train(params: Params, labels_csv: str | os.PathLike, split_csv: str | os.Pat
 
     from fashiondvc.io import write_csv
 
-    save_net(run.net, model_path, run.model_config)
+    save_net(run.net, model_path, run.model_config, int8_trunk=data.stored.int8_files())
     write_csv(history_csv, pd.DataFrame(history))
     checkpoint.unlink(missing_ok=True)
     return history

@@ -1,0 +1,200 @@
+"""Probe: the frozen VGG-16 trunk in int8 with three libraries, side by side in one process.
+
+torch bf16/fp32 (the product today), OpenVINO fp32 and int8 (NNCF post-training quantization),
+ONNX Runtime int8 (static QDQ, per-channel) and torch's own x86 int8 (FX graph mode, onednn/x86
+backend): images/s on the same real photos, and each int8 trunk's fidelity to fp32 (cosine of
+the globally pooled output, relative error of the map, cosine of the side features).
+
+    .venv/bin/python bench/int8_probe.py [--frozen 13] [--images 64] [--calibration 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
+
+from fashiondvc import backbones  # noqa: E402
+from fashiondvc.preprocess import load_rgb, model_input, normalize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared/data/ClothingAttributeDataset.zip"
+WEIGHTS = ROOT.parent / "shared/weights/vgg16_imagenet_features.pth"
+
+
+class WithSide(torch.nn.Module):
+    """The frozen part as one graph with two outputs, (trunk, side), for exporters."""
+
+    def __init__(self, part):
+        super().__init__()
+        self.part = part
+
+    def forward(self, x):
+        return self.part.forward_with_side(x)
+
+
+def photos(n: int, offset: int) -> np.ndarray:
+    with zipfile.ZipFile(ARCHIVE) as archive:
+        names = sorted(m for m in archive.namelist() if m.endswith(".jpg"))
+        rng = np.random.default_rng(0)
+        chosen = rng.permutation(len(names))[offset:offset + n]
+        return np.stack([model_input(load_rgb(archive.read(names[i]), names[i]), 224)
+                         for i in chosen])
+
+
+def timed(fn, batches, repeats=2):
+    fn(batches[0])  # warm-up
+    rates, outs = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = [fn(b) for b in batches]
+        rates.append(sum(len(b) for b in batches) / (time.perf_counter() - start))
+    trunk = np.concatenate([o[0] for o in outs])
+    side = np.concatenate([o[1] for o in outs])
+    return float(np.median(rates)), trunk, side
+
+
+def fidelity(ref, got):
+    rt, rs = ref
+    gt, gs = got
+    pooled_r, pooled_g = rt.mean(axis=(2, 3)), gt.mean(axis=(2, 3))
+    cos = (pooled_r * pooled_g).sum(1) / (np.linalg.norm(pooled_r, axis=1)
+                                          * np.linalg.norm(pooled_g, axis=1))
+    cos_side = (rs * gs).sum(1) / (np.linalg.norm(rs, axis=1) * np.linalg.norm(gs, axis=1))
+    rel = np.abs(gt - rt).mean() / np.abs(rt).mean()
+    return {"pooled_cos_min": float(cos.min()), "pooled_cos_mean": float(cos.mean()),
+            "side_cos_min": float(cos_side.min()), "map_rel_err": float(rel)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frozen", type=int, default=13)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--calibration", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    part = backbones.frozen_part(backbones.get("vgg16"), str(WEIGHTS), args.frozen)
+    test = photos(args.images, 0)
+    calib = photos(args.calibration, 1000)
+    norm = lambda a: normalize(torch.from_numpy(a)).contiguous()  # noqa: E731
+    batches = [norm(test[i:i + args.batch]) for i in range(0, len(test), args.batch)]
+    calib_batches = [norm(calib[i:i + 8]) for i in range(0, len(calib), 8)]
+    results = {"machine": machine.describe(), "frozen_convs": args.frozen,
+               "images": args.images, "batch": args.batch, "calibration": args.calibration}
+    outputs = {}
+    model = WithSide(part).eval()
+
+    def torch_fn(dtype):
+        import copy
+        m = WithSide(copy.deepcopy(part)).to(dtype=dtype, memory_format=torch.channels_last).eval()
+
+        @torch.inference_mode()
+        def run(x):
+            t, s = m(x.to(dtype=dtype, memory_format=torch.channels_last))
+            return t.float().numpy(), s.float().numpy()
+        return run
+
+    todo = args.only.split(",") if args.only else ["torch_fp32", "torch_bf16", "ov_fp32",
+                                                    "ov_int8", "ort_int8", "torch_int8"]
+    tmp = Path(tempfile.mkdtemp())
+    for name in todo:
+        t0 = time.perf_counter()
+        if name == "torch_fp32":
+            fn = torch_fn(torch.float32)
+        elif name == "torch_bf16":
+            fn = torch_fn(torch.bfloat16)
+        elif name in ("ov_fp32", "ov_int8"):
+            import openvino as ov
+            core = ov.Core()
+            ovm = ov.convert_model(model, example_input=batches[0])
+            ovm.reshape([-1, 3, 224, 224])
+            if name == "ov_int8":
+                import nncf
+                ovm = nncf.quantize(ovm, nncf.Dataset(calib_batches, lambda b: b.numpy()),
+                                    subset_size=len(calib), fast_bias_correction=True)
+            compiled = core.compile_model(ovm, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                       "PERFORMANCE_HINT": "LATENCY"})
+
+            def fn(x, compiled=compiled):
+                out = compiled(x.numpy())
+                return out[0], out[1]
+        elif name == "ort_int8":
+            import onnxruntime as ort
+            from onnxruntime.quantization import (
+                CalibrationDataReader,
+                QuantFormat,
+                QuantType,
+                quantize_static,
+            )
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            fp = tmp / "trunk.onnx"
+            torch.onnx.export(model, (batches[0],), str(fp), input_names=["x"],
+                              output_names=["trunk", "side"], dynamo=False,
+                              dynamic_axes={"x": {0: "n"}, "trunk": {0: "n"}, "side": {0: "n"}})
+            pre = tmp / "trunk.pre.onnx"
+            quant_pre_process(str(fp), str(pre), skip_symbolic_shape=True)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter([{"x": b.numpy()} for b in calib_batches])
+
+                def get_next(self):
+                    return next(self.it, None)
+            q = tmp / "trunk.int8.onnx"
+            quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = torch.get_num_threads()
+            sess = ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+
+            def fn(x, sess=sess):
+                t, s = sess.run(None, {"x": x.numpy()})
+                return t, s
+        elif name == "torch_int8":
+            from torch.ao.quantization import get_default_qconfig_mapping
+            from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+            torch.backends.quantized.engine = "x86"
+            import copy
+            seq = copy.deepcopy(torch.nn.Sequential(*list(part)))
+            prepared = prepare_fx(seq.eval(), get_default_qconfig_mapping("x86"),
+                                  example_inputs=(batches[0],))
+            with torch.inference_mode():
+                for b in calib_batches:
+                    prepared(b)
+            qseq = convert_fx(prepared)
+
+            @torch.inference_mode()
+            def fn(x, qseq=qseq):
+                t = qseq(x)
+                return t.numpy(), np.zeros((len(x), 1), np.float32)
+        setup = time.perf_counter() - t0
+        rate, trunk, side = timed(fn, batches)
+        outputs[name] = (trunk, side)
+        results[name] = {"images_per_s": round(rate, 2), "setup_s": round(setup, 1)}
+        print(name, results[name], flush=True)
+    ref = outputs.get("torch_fp32")
+    if ref is not None:
+        for name, out in outputs.items():
+            if name != "torch_fp32":
+                f = fidelity(ref, out)
+                if name == "torch_int8":
+                    f.pop("side_cos_min")
+                results[name].update(f)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

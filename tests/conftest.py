@@ -18,6 +18,7 @@ from fashiondvc.sample import make_sample_archive
 
 PROJECT = Path(__file__).resolve().parents[1]
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "ClothingAttributeDataset.zip"
+REAL_WEIGHTS = PROJECT.parent / "shared" / "weights" / "vgg16_imagenet_features.pth"
 BIN = Path(sys.executable).parent
 
 #: Small settings so a whole pipeline run takes seconds.

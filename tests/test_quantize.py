@@ -117,9 +117,8 @@ def pipeline_image(pipeline, i):
     return ImageStore(pipeline.augmented)[i]
 
 
+@needs_openvino
 def test_an_int8_model_without_its_trunk_is_refused(int8_run, tmp_path):
-    if quantize.missing():
-        pytest.skip("the int8 extra is not installed")
     from fashiondvc.errors import FashionError
     from fashiondvc.net import load_net
 
@@ -129,3 +128,30 @@ def test_an_int8_model_without_its_trunk_is_refused(int8_run, tmp_path):
     torch.save(saved, tmp_path / "net.pt")
     with pytest.raises(FashionError, match="int8 model without its int8 trunk; rerun train"):
         load_net(tmp_path / "net.pt")
+
+
+@pytest.mark.realdata
+@needs_openvino
+def test_the_real_trunk_in_int8_keeps_pooled_features_within_the_issues_cosine():
+    """Issue 22's fidelity goal on real photos and the real ImageNet trunk: the globally pooled
+    conv5_3 and the side features keep a cosine of at least 0.999 to fp32."""
+    import zipfile
+
+    from conftest import REAL_ARCHIVE, REAL_WEIGHTS
+
+    from fashiondvc.preprocess import load_rgb, model_input
+
+    if not (REAL_ARCHIVE.exists() and REAL_WEIGHTS.exists()):
+        pytest.skip("../shared archive or weights not present")
+    with zipfile.ZipFile(REAL_ARCHIVE) as archive:
+        names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))[::40][:44]
+        images = np.stack([model_input(load_rgb(archive.read(n), n), 224) for n in names])
+    config = ExtractorConfig("vgg16", str(REAL_WEIGHTS), 13, 224, "int8")
+    int8 = FeatureExtractor(config)
+    int8.quantize(list(images[:32]))                  # calibrated on 32, checked on 12 others
+    fp32 = FeatureExtractor(ExtractorConfig("vgg16", str(REAL_WEIGHTS), 13, 224, "fp32"))
+    test = torch.from_numpy(images[32:])
+    a, b = fp32(test), int8(test)
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(a["trunk"].float().mean((2, 3)), b["trunk"].float().mean((2, 3))).min() >= 0.999
+    assert cosine(a["side"], b["side"]).min() >= 0.999

@@ -1,16 +1,28 @@
-"""Probe: the frozen VGG-16 trunk in int8 with three libraries, side by side in one process.
+"""Issue 22: the frozen VGG-16 trunk in int8, measured side by side in one process.
 
-torch bf16/fp32 (the product today), OpenVINO fp32 and int8 (NNCF post-training quantization),
-ONNX Runtime int8 (static QDQ, per-channel) and torch's own x86 int8 (FX graph mode, onednn/x86
-backend): images/s on the same real photos, and each int8 trunk's fidelity to fp32 (cosine of
-the globally pooled output, relative error of the map, cosine of the side features).
+1. ``libraries``: the trunk alone (``--frozen`` convs, 224 px, batch 16, real photos) in torch
+   fp32 and bf16, OpenVINO fp32 and int8 (NNCF, calibrated on ``--calibration`` other photos),
+   ONNX Runtime int8 (static QDQ, per-channel weights) and torch's own x86 int8 (FX graph mode):
+   images/s and each one's fidelity to torch fp32 (cosine of the globally pooled output, min
+   and mean over photos; cosine of the side features; mean relative error of the map).
+2. ``featurize``: the product's own `fashiondvc.features.featurize` over ``--images`` stored
+   images (real photos, as the augment stage stores them) at ``featurize.precision`` fp32,
+   bf16 and int8 (OpenVINO), the same DataLoader settings as ``params.yaml``; int8's one-off
+   calibration is timed apart. Throughput as a fraction of this machine's GEMM peaks: fp32 and
+   bf16 from torch (`machine.gemm_roofline`), int8 from an OpenVINO int8 MatMul (`int8_gemm`).
 
-    .venv/bin/python bench/int8_probe.py [--frozen 13] [--images 64] [--calibration 32]
+One command per machine kind (record which one it was: the JSON's ``machine``):
+
+    .venv/bin/python bench/int8.py --out bench/int8-$(hostname).json
+
+Needs ``../shared`` (the real archive and trunk) and the ``int8`` extra; a library that is not
+installed is skipped with a line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -25,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 
 from fashiondvc import backbones  # noqa: E402
+from fashiondvc.config import ExtractorConfig  # noqa: E402
+from fashiondvc.features import FeatureExtractor, featurize  # noqa: E402
 from fashiondvc.preprocess import load_rgb, model_input, normalize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,13 +90,70 @@ def fidelity(ref, got):
             "side_cos_min": float(cos_side.min()), "map_rel_err": float(rel)}
 
 
+def int8_gemm(n: int = 2048, seconds: float = 1.0) -> float | None:
+    """GOP/s of an OpenVINO int8 MatMul, ``n`` x ``n`` by ``n`` x ``n`` (the int8 peak the
+    quantized convolutions can approach), or None without OpenVINO."""
+    if importlib.util.find_spec("nncf") is None:
+        return None
+    import nncf
+    import openvino as ov
+
+    layer = torch.nn.Linear(n, n, bias=False).eval()
+    x = torch.randn(n, n)
+    model = ov.convert_model(layer, example_input=x)
+    model = nncf.quantize(model, nncf.Dataset([x.numpy()]), subset_size=1)
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    data = x.numpy()
+    compiled(data)
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        compiled(data)
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9
+
+
+def featurize_section(images: np.ndarray, frozen: int, batch: int, workers: int) -> dict:
+    """The product's featurize over ``images`` (uint8, stored as the augment stage stores them)
+    at fp32, bf16 and int8, in this order; int8's calibration timed apart."""
+    out = {}
+    gflop = machine.conv_gflop(1, frozen, images.shape[1])
+    for precision in ("fp32", "bf16", "int8"):
+        if precision == "int8" and importlib.util.find_spec("nncf") is None:
+            print("featurize int8: skipped (the int8 extra is not installed)")
+            continue
+        config = ExtractorConfig("vgg16", str(WEIGHTS), frozen, images.shape[1], precision)
+        extractor = FeatureExtractor(config)
+        calibration = 0.0
+        if precision == "int8":
+            start = time.perf_counter()
+            extractor.quantize(list(images))
+            calibration = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            featurize(list(images[:batch]), extractor, Path(tmp) / "w", batch_size=batch,
+                      workers=0)  # warm-up
+            start = time.perf_counter()
+            featurize(list(images), extractor, Path(tmp) / "f", batch_size=batch,
+                      workers=workers)
+            seconds = time.perf_counter() - start
+        rate = len(images) / seconds
+        out[precision] = {"images_per_s": round(rate, 2), "seconds": round(seconds, 1),
+                          "gop_per_s": round(rate * gflop, 1),
+                          "calibration_s": round(calibration, 1), "load": machine.load()}
+        print("featurize", precision, out[precision], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frozen", type=int, default=13)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--only", default="")
+    parser.add_argument("--only", default="", help="libraries to run, e.g. torch_fp32,ov_int8")
+    parser.add_argument("--featurize-images", type=int, default=192)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip", default="", help="sections to skip: libraries,featurize")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     part = backbones.frozen_part(backbones.get("vgg16"), str(WEIGHTS), args.frozen)
@@ -109,7 +180,13 @@ def main() -> None:
     todo = args.only.split(",") if args.only else ["torch_fp32", "torch_bf16", "ov_fp32",
                                                     "ov_int8", "ort_int8", "torch_int8"]
     tmp = Path(tempfile.mkdtemp())
+    needs = {"ov_fp32": "openvino", "ov_int8": "nncf", "ort_int8": "onnxruntime"}
+    if "libraries" in args.skip:
+        todo = []
     for name in todo:
+        if name in needs and importlib.util.find_spec(needs[name]) is None:
+            print(f"{name}: skipped ({needs[name]} is not installed)")
+            continue
         t0 = time.perf_counter()
         if name == "torch_fp32":
             fn = torch_fn(torch.float32)
@@ -193,7 +270,19 @@ def main() -> None:
                 if name == "torch_int8":
                     f.pop("side_cos_min")
                 results[name].update(f)
-    print(json.dumps(results, indent=1))
+    if "featurize" not in args.skip:
+        stored = photos(args.featurize_images, 1400)
+        results["featurize"] = featurize_section(stored, args.frozen, 32, args.workers)
+    results["roofline"] = machine.gemm_roofline()
+    gops = int8_gemm()
+    results["roofline"]["int8_openvino"] = round(gops, 1) if gops else None
+    for precision, entry in results.get("featurize", {}).items():
+        peak = results["roofline"].get({"int8": "int8_openvino"}.get(precision, precision))
+        entry["fraction_of_peak"] = round(entry["gop_per_s"] / peak, 3) if peak else None
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -93,10 +93,18 @@ def display_name(name: str | os.PathLike) -> str:
 
 def image_format(data: bytes) -> str | None:
     """Pillow's name for the format of ``data`` (``JPEG``, ``PNG``...), from its content, or
-    None when Pillow does not recognise it. Only the header is read."""
+    None when Pillow does not recognise it. Only the header is read.
+
+    Raises
+    ------
+    PIL.Image.DecompressionBombError
+        If the header declares far more pixels than Pillow will decode.
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.format
+    except Image.DecompressionBombError:
+        raise
     except Exception:  # noqa: BLE001 -- not an image, or a header Pillow cannot parse
         return None
 

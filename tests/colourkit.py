@@ -125,3 +125,34 @@ def encoded(pixels: np.ndarray, fmt: str = "PNG", icc: bytes | None = None, **op
         options["icc_profile"] = icc
     Image.fromarray(pixels).save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def cmyk_profile() -> bytes:
+    """A minimal ICC v2 CMYK output profile: one A2B0 lut16 (2-point grid per ink) to Lab,
+    white paper (L* 100) without ink, L* 0 under full black, cyan/magenta/yellow inks shifting
+    a* and b*. Enough for littleCMS to convert CMYK -> sRGB."""
+    clut = []
+    for c in (0, 1):
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    lightness = 100 * (1 - k) * (1 - 0.2 * (c + m + y))
+                    a = (1 - k) * (60 * m - 40 * c)
+                    b = (1 - k) * (70 * y - 50 * c - 30 * m)
+                    clut += [round(lightness / 100 * 0xFF00), round((a + 128) * 256),
+                             round((b + 128) * 256)]
+    lut = (b"mft2\0\0\0\0" + bytes([4, 3, 2, 0]) + b"".join(_s15(v) for v in np.eye(3).ravel())
+           + struct.pack(">HH", 2, 2) + struct.pack(">8H", *([0, 65535] * 4))
+           + struct.pack(f">{len(clut)}H", *clut) + struct.pack(">6H", *([0, 65535] * 3)))
+    tags = [(b"desc", _desc_tag("test CMYK")), (b"wtpt", _xyz_tag(D50_XYZ)), (b"A2B0", lut)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000)
+              + b"prtr" + b"CMYK" + b"Lab " + b"\0" * 12 + b"acsp" + b"\0" * 28
+              + b"".join(_s15(v) for v in D50_XYZ) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body

@@ -403,3 +403,31 @@ def test_an_adobe_rgb_photo_reads_as_its_srgb_twin_at_every_entry_point(tmp_path
     model.predictor = predictor
     probs = model.predict(None, [adobe, srgb]).to_numpy()
     assert close_probs(probs[0]) and close_probs(probs[1])
+
+
+def test_a_cmyk_jpeg_converts_through_its_cmyk_profile():
+    """A CMYK JPEG (Adobe's inverted CMYK, as Pillow writes it) with a CMYK profile: paper white
+    and full black come out white and black, and every pixel is littleCMS's conversion, not
+    Pillow's naive 255 - C - K."""
+    from colourkit import cmyk_profile
+    from PIL import ImageCms
+
+    inks = np.zeros((8, 8, 4), dtype=np.uint8)
+    inks[:, 2:4, 0] = 255          # cyan
+    inks[:, 4:6, 1] = 160          # magenta
+    inks[:, 6:, 3] = 255           # black
+    buffer = io.BytesIO()
+    Image.fromarray(inks, "CMYK").save(buffer, format="JPEG", quality=100,
+                                       icc_profile=cmyk_profile())
+    data = buffer.getvalue()
+    out = np.asarray(load_rgb(data, "press.jpg")).astype(int)
+    with Image.open(io.BytesIO(data)) as raw:
+        assert raw.mode == "CMYK"
+        naive = np.asarray(raw.convert("RGB")).astype(int)
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        managed = ImageCms.profileToProfile(
+            raw, ImageCms.ImageCmsProfile(io.BytesIO(cmyk_profile())), srgb,
+            renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+    np.testing.assert_array_equal(out, np.asarray(managed))
+    assert np.abs(out[:, :2] - 255).max() <= 3 and np.abs(out[:, 6:]).max() <= 3
+    assert np.abs(out - naive).max() > 20

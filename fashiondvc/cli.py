@@ -19,6 +19,7 @@ def _search(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from fashiondvc.index import SearchIndex
+    from fashiondvc.preprocess import display_name
     from fashiondvc.search import (
         Searcher,
         default_top,
@@ -42,12 +43,13 @@ def _search(args: argparse.Namespace) -> None:
                   "exclude": list(query.exclude), "threshold": index.threshold,
                   "matches": matches, "results": [vars(hit) for hit in hits]}
         for hit in result["results"]:
-            hit["file"] = str(index.root / hit["path"])
+            hit["file"] = display_name(index.root / hit["path"])
+            hit["path"] = display_name(hit["path"])
         print(json.dumps(result, indent=2) if args.json else format_words(result, index))
         return
     photo = Path(args.photo)
     if not photo.is_file():
-        raise FashionError(f"{photo}: no such file")
+        raise FashionError(f"{display_name(photo)}: no such file")
     where = parse_where(args.where, index.labels)  # fail fast, before loading the network
     searcher = Searcher.open(index, args.model)
     result = searcher.query(photo.read_bytes(), str(photo), top=top, where=where)
@@ -55,7 +57,7 @@ def _search(args: argparse.Namespace) -> None:
         result.pop("embedding")
         for hit in result["results"]:
             hit["file"] = str(searcher.index.root / hit["path"])
-        print(json.dumps({"photo": str(photo), **result}, indent=2))
+        print(json.dumps({"photo": display_name(photo), **result}, indent=2))
     else:
         print(format_text(result, str(photo), searcher.index))
 
@@ -70,6 +72,7 @@ def _index(args: argparse.Namespace) -> None:
     import time
 
     from fashiondvc.index import build_index
+    from fashiondvc.preprocess import display_name
     from fashiondvc.registry import open_model
 
     start = time.perf_counter()
@@ -77,7 +80,7 @@ def _index(args: argparse.Namespace) -> None:
     index, counts = build_index(args.model, args.images, args.out,
                                 threshold=args.threshold, predictor=opened.predictor,
                                 model_sha256=opened.sha256)
-    print(f"index: {len(index)} photos of {args.images} with {opened.description} -> "
+    print(f"index: {len(index)} photos of {display_name(args.images)} with {opened.description} -> "
           f"{args.out} in {time.perf_counter() - start:.1f}s ({counts['computed']} featurized, "
           f"{counts['reused']} reused, {counts['skipped']} skipped)")
 
@@ -96,7 +99,8 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
                   "models:/fashiondvc-attributes@champion")
     search = commands.add_parser("search", help="find collection photos similar to a photo, "
                                  "or matching words")
-    search.add_argument("photo", nargs="?", default=None, help="a JPEG or PNG photo")
+    search.add_argument("photo", nargs="?", default=None,
+                        help="a photo (JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF)")
     search.add_argument("--text", default=None, metavar="WORDS",
                         help="words instead of a photo, e.g. 'red and white stripes, no scarf'")
     search.add_argument("--top", type=int, default=None,

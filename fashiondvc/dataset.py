@@ -44,20 +44,24 @@ class ArchiveReader:
 
     def __init__(self, source: str | os.PathLike):
         self.source = Path(source)
+        self._infos: dict[str, zipfile.ZipInfo] = {}
         if self.source.is_dir():
             self._zip = None
             names = [p.relative_to(self.source).as_posix() for p in self.source.rglob("*")
                      if p.is_file()]
         elif self.source.is_file():
-            try:
-                self._zip = zipfile.ZipFile(self.source)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise FashionError(f"{self.source}: not a readable zip archive ({exc})") from None
-            names = [info.filename for info in self._zip.infolist() if not info.is_dir()]
-            for name in names:
+            self._zip = _open_zip(self.source)
+            for info in self._zip.infolist():
+                name = _member_name(info)
                 _check_member_name(self.source, name)
+                if not name.endswith("/"):
+                    self._infos[name] = info
+            names = list(self._infos)
         else:
             raise FashionError(f"data.archive: {self.source} does not exist")
+        names = [n for n in names if not _is_metadata(n)]
+        if self._zip is not None:
+            _check_readable(self.source, [self._infos[n] for n in names])
         self.root = _find_root(self.source, names)
         prefix = f"{self.root}/" if self.root else ""
         self.members = {n[len(prefix):]: n for n in names if n.startswith(prefix)}
@@ -73,12 +77,12 @@ class ArchiveReader:
             raise FashionError(f"{self.source}: missing member {member}")
         if self._zip is None:
             return (self.source / name).read_bytes()
-        size = self._zip.getinfo(name).file_size
-        if size > MAX_MEMBER_BYTES:
-            raise FashionError(f"{self.source}: {name} unpacks to {size} bytes, more than "
-                               f"{MAX_MEMBER_BYTES}")
+        info = self._infos[name]
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise FashionError(f"{self.source}: {name} unpacks to {info.file_size} bytes, more "
+                               f"than {MAX_MEMBER_BYTES}")
         try:
-            return self._zip.read(name)
+            return self._zip.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError,
                 NotImplementedError) as exc:  # RuntimeError: encrypted member
             raise FashionError(f"{self.source}: cannot read {name} ({exc})") from None
@@ -92,6 +96,69 @@ class ArchiveReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Hosts (ZipInfo.create_system) whose zips may use ``\\`` as the separator: MS-DOS/FAT (0,
+#: Windows PowerShell 5's Compress-Archive writes it with backslashes), OS/2 HPFS (6),
+#: Windows NTFS (11), VFAT (14). unzip reads ``\\`` as a separator for these, and so do we.
+DOS_HOSTS = frozenset({0, 6, 11, 14})
+#: Compression methods zipfile reads; names of others zips meet, for the message.
+READABLE_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                              zipfile.ZIP_LZMA})
+METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64 (Windows Explorer's for large files)",
+                10: "PKWARE DCL Implode", 18: "IBM TERSE", 19: "IBM LZ77", 20: "Zstandard",
+                93: "Zstandard", 95: "xz", 96: "JPEG (WinZip)", 97: "WavPack", 98: "PPMd",
+                99: "AES encryption (WinZip)"}
+
+
+def _open_zip(source: Path) -> zipfile.ZipFile:
+    """``source`` as a zip, or `FashionError` saying what it really is."""
+    try:
+        return zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        reason = str(exc)
+    with open(source, "rb") as handle:
+        head = handle.read(512)
+    kinds = {b"\x1f\x8b": "a gzip file (.tar.gz?)", b"BZh": "a bzip2 file (.tar.bz2?)",
+             b"\xfd7zXZ\x00": "an xz file (.tar.xz?)", b"7z\xbc\xaf\x27\x1c": "a 7-Zip archive",
+             b"Rar!\x1a\x07": "a RAR archive", b"(\xb5/\xfd": "a Zstandard file"}
+    kind = next((k for magic, k in kinds.items() if head.startswith(magic)), None)
+    if kind is None and len(head) >= 262 and head[257:262] == b"ustar":
+        kind = "a tar archive"
+    if kind is not None:
+        raise FashionError(f"{source}: not a zip archive but {kind}; extract it and set "
+                           "data.archive to the extracted folder") from None
+    raise FashionError(f"{source}: not a readable zip archive ({reason})") from None
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The member's path with ``/`` separators, as unzip extracts it."""
+    name = info.filename
+    if info.create_system in DOS_HOSTS and "\\" in name:
+        name = name.replace("\\", "/")
+    return name
+
+
+def _is_metadata(name: str) -> bool:
+    """macOS Finder's additions to a zip: ``__MACOSX/`` and AppleDouble ``._*`` files."""
+    parts = name.split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] == ".DS_Store"
+
+
+def _check_readable(source: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before reading anything, an encrypted zip or one compressed with a method that
+    zipfile cannot decompress, naming the method."""
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise FashionError(f"{source}: password-protected (encrypted) zip ({info.filename});"
+                               " extract it with its password and set data.archive to the "
+                               "extracted folder")
+        if info.compress_type not in READABLE_METHODS:
+            method = METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise FashionError(f"{source}: {info.filename} is compressed with {method}, which "
+                               "Python's zipfile cannot read; extract it with unzip or 7-Zip "
+                               "and set data.archive to the extracted folder, or re-zip it "
+                               "with the standard Deflate method")
 
 
 def _check_member_name(archive: Path, name: str) -> None:
@@ -108,7 +175,9 @@ def _find_root(source: Path, names: list[str]) -> str:
         if any(n.startswith(f"{prefix}images/") for n in names):
             return root
     if not roots:
-        raise FashionError(f"{source}: no labels/<attribute>_GT.mat files found")
+        example = f", e.g. {sorted(names)[0]!r}" if names else ""
+        raise FashionError(f"{source}: no labels/<attribute>_GT.mat files found among its "
+                           f"{len(names)} files{example}")
     raise FashionError(f"{source}: no images/ folder beside labels/")
 
 

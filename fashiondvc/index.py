@@ -27,15 +27,15 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
 from fashiondvc.errors import FashionError
-from fashiondvc.io import atomic_path, sha256_file
+from fashiondvc.io import atomic_path, sha256_file, walk_files
 from fashiondvc.predictor import Predictor
-from fashiondvc.preprocess import IMAGE_SUFFIXES, load_rgb
+from fashiondvc.preprocess import IMAGE_SUFFIXES, display_name, load_rgb
 from fashiondvc.retrieval import search_vectors
 
 INDEX_FILE, PATHS_FILE, META_FILE = "index.npz", "paths.csv", "meta.json"
@@ -66,14 +66,19 @@ class SearchIndex:
         return len(self.paths)
 
     def file(self, row: int) -> Path:
-        """The photo of ``row``, guaranteed to lie inside the collection root."""
+        """The photo of ``row``: the collection root joined with the path the index recorded.
+
+        Symbolic links are followed, as the indexer followed them (`collection_files`): a
+        photo linked from outside the folder is served like any other. A recorded path that
+        is absolute or climbs out with ``..`` (an edited ``paths.csv``; the indexer never
+        writes one) is refused.
+        """
         if not 0 <= row < len(self.paths):
             raise FashionError(f"no photo {row} in the index ({len(self.paths)} photos)")
-        root = self.root.resolve()
-        path = (root / self.paths[row]).resolve()
-        if not path.is_relative_to(root):
-            raise FashionError(f"{self.paths[row]}: outside the collection folder")
-        return path
+        relative = PurePosixPath(self.paths[row])
+        if relative.is_absolute() or ".." in relative.parts or Path(self.paths[row]).anchor:
+            raise FashionError(f"{display_name(self.paths[row])}: outside the collection folder")
+        return self.root.absolute() / relative
 
     def predicted(self, row: int) -> list[str]:
         """Names of the attributes predicted for ``row`` (probability >= threshold)."""
@@ -82,14 +87,17 @@ class SearchIndex:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the index to ``folder``, replacing it atomically."""
-        import pandas as pd
-
         folder = Path(folder)
         with atomic_path(folder, is_dir=True) as tmp:
             np.savez(tmp / INDEX_FILE, probs=self.probs.astype(np.float32),
                      embeddings=self.embeddings.astype(np.float32))
-            pd.DataFrame({"path": self.paths, "sha256": self.hashes}).to_csv(
-                tmp / PATHS_FILE, index=False)
+            # surrogateescape: a file name that is not valid UTF-8 (b"caf\xe9.jpg", an old
+            # archive's Latin-1) is written as its bytes on disk, and read back to the same name
+            with open(tmp / PATHS_FILE, "w", newline="", encoding="utf-8",
+                      errors="surrogateescape") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(["path", "sha256"])
+                writer.writerows(zip(self.paths, self.hashes, strict=True))
             root = self.root if self.root.is_absolute() else Path(
                 os.path.relpath(self.root.resolve(), folder.resolve()))
             (tmp / META_FILE).write_text(json.dumps({
@@ -113,7 +121,8 @@ class SearchIndex:
         try:
             meta = json.loads((folder / META_FILE).read_text())
             arrays = np.load(folder / INDEX_FILE)
-            with open(folder / PATHS_FILE, newline="") as handle:
+            with open(folder / PATHS_FILE, newline="", encoding="utf-8",
+                      errors="surrogateescape") as handle:
                 table = list(csv.DictReader(handle))
             paths, hashes = [row["path"] for row in table], [row["sha256"] for row in table]
             probs, embeddings = arrays["probs"], arrays["embeddings"]
@@ -131,17 +140,18 @@ class SearchIndex:
                    embedding=meta.get("embedding", "hidden"))
 
 
-def collection_files(folder: str | os.PathLike) -> list[Path]:
-    """JPEG and PNG files under ``folder`` (recursively, hidden ones left out), sorted."""
+def collection_files(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Photo files under ``folder`` (`IMAGE_SUFFIXES`, recursively, hidden ones left out),
+    sorted, following symbolic links to files and folders (`fashiondvc.io.walk_files`: each
+    real file once, link loops end), and the files left out with the reason."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FashionError(f"search.images: {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        raise FashionError(f"search.images: {display_name(folder)} is not a folder")
+    files, left_out = walk_files(folder, IMAGE_SUFFIXES)
     if not files:
-        raise FashionError(f"search.images: no .jpg, .jpeg or .png files in {folder}")
-    return files
+        raise FashionError(f"search.images: no photo files ({', '.join(IMAGE_SUFFIXES)}) in "
+                           f"{display_name(folder)}")
+    return files, left_out
 
 
 def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
@@ -164,13 +174,17 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
         ``computed``, ``reused`` and ``skipped`` photo counts.
     """
     images_dir = Path(images_dir)
-    files = collection_files(images_dir)
+    files, left_out = collection_files(images_dir)
     model_sha = model_sha256 or sha256_file(model_path)
     predictor = predictor or Predictor.from_file(model_path, tta, embedding)
     cache = _previous_rows(out_dir, model_sha, predictor)
     paths, hashes, probs, embeddings, skipped = [], [], [], [], []
     pending: list[tuple[int, Image.Image]] = []
     counts = {"computed": 0, "reused": 0, "skipped": 0}
+    for path, reason in left_out:
+        relative = path.relative_to(images_dir).as_posix()
+        print(f"index: skipping {display_name(relative)}: {reason}")
+        skipped.append(relative)
 
     def flush() -> None:
         p, e = predictor.images([image for _, image in pending])
@@ -190,7 +204,7 @@ def build_index(model_path: str | os.PathLike, images_dir: str | os.PathLike,
             try:
                 image = load_rgb(data, str(path))
             except (FashionError, Image.DecompressionBombError) as exc:
-                print(f"index: skipping {exc}")
+                print(f"index: skipping {exc}")  # exc names the file with display_name
                 skipped.append(relative)
                 continue
             pending.append((len(paths), image))

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from fashiondvc.errors import FashionError
-from fashiondvc.io import atomic_path, repo_path, sha256_file, write_json
+from fashiondvc.io import atomic_path, repo_path, sha256_file, walk_files, write_json
 from fashiondvc.preprocess import IMAGE_SUFFIXES
 
 
@@ -26,17 +26,14 @@ def fingerprint_folder(folder: str | os.PathLike, suffixes: tuple[str, ...] | No
                        ) -> dict:
     """``{"files": n, "sha256": ...}`` over every (relative path, content sha256) under ``folder``.
 
-    Hidden files and folders are ignored; with ``suffixes``, only files ending in one of them
-    (case-insensitive) count.
+    The files are those `fashiondvc.io.walk_files` lists, the ones the index reads: symbolic
+    links followed, each real file once, hidden files and folders ignored; with ``suffixes``,
+    only files ending in one of them (case-insensitive) count.
     """
     folder = Path(folder)
     digest, count = hashlib.sha256(), 0
-    for path in sorted(folder.rglob("*")):
+    for path in walk_files(folder, suffixes)[0]:
         relative = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue
-        if suffixes and path.suffix.lower() not in suffixes:
-            continue
         # surrogateescape: a file name that is not valid UTF-8 (an old archive's Latin-1)
         # hashes as its bytes on disk
         digest.update(f"{relative.as_posix()}\0{sha256_file(path)}\n".encode(

@@ -152,3 +152,69 @@ def repo_path(path: str | os.PathLike) -> Path:
     if path.is_absolute() or not root or path.exists():
         return path
     return Path(root) / path
+
+
+def walk_files(folder: str | os.PathLike, suffixes: tuple[str, ...] | None = None
+               ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files under ``folder``, following symbolic links to files and to folders.
+
+    The one collection rule (``search.images``: the index, its fingerprint, the server): a
+    link is followed wherever it points, inside the folder or not. Each real folder is read
+    once, so a link loop (a link to a parent) ends; each real file is listed once, under its
+    first name in sorted order. Hidden files and folders (a name starting with ``.``) are left
+    out; with ``suffixes``, only names ending in one of them (case-insensitive) count.
+
+    Returns
+    -------
+    files : list of Path
+        Sorted; each is ``folder`` joined with the path as found (links not resolved).
+    left_out : list of (Path, str)
+        Files not listed, each with the reason: a broken link, a second name of a file, a
+        link loop, an unreadable folder.
+    """
+    folder = Path(folder)
+    seen_folders: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    left_out: list[tuple[Path, str]] = []
+
+    def visit(directory: Path) -> None:
+        try:
+            info = directory.stat()
+            if (info.st_dev, info.st_ino) in seen_folders:
+                left_out.append((directory, "a link to a folder already read (a link loop or "
+                                            "a second name): read once"))
+                return
+            seen_folders.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            left_out.append((directory, f"unreadable folder ({exc.strerror or exc})"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            wanted = not suffixes or path.suffix.lower() in suffixes
+            try:
+                if entry.is_dir():  # follows a link
+                    visit(path)
+                    continue
+                if wanted and entry.is_file():
+                    found.append(path)
+                elif wanted and entry.is_symlink() and not path.exists():
+                    left_out.append((path, f"a broken symbolic link (to {os.readlink(path)})"))
+            except OSError as exc:  # a link loop on a file name (ELOOP), a vanished entry
+                if wanted:
+                    left_out.append((path, f"unreadable ({exc.strerror or exc})"))
+
+    visit(folder)
+    files, first_name = [], {}
+    for path in sorted(found):
+        info = path.stat()
+        key = (info.st_dev, info.st_ino)
+        if key in first_name:
+            left_out.append((path, f"the same file as {first_name[key].relative_to(folder)}: "
+                                   "listed once"))
+            continue
+        first_name[key] = path
+        files.append(path)
+    return files, left_out

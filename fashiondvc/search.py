@@ -17,6 +17,7 @@ import numpy as np
 from fashiondvc.errors import FashionError
 from fashiondvc.index import SearchIndex, sha256_bytes
 from fashiondvc.predictor import Predictor
+from fashiondvc.preprocess import display_name
 from fashiondvc.retrieval import l2_normalize
 from fashiondvc.words import TextQuery, parse_text
 
@@ -193,7 +194,8 @@ class Searcher:
 
 
 def _hit_dict(hit: Hit) -> dict:
-    return {"row": hit.row, "path": hit.path, "score": hit.score, "attributes": hit.attributes}
+    return {"row": hit.row, "path": display_name(hit.path), "score": hit.score,
+            "attributes": hit.attributes}
 
 
 def default_top(params_path: str | os.PathLike = "params.yaml") -> int:
@@ -216,27 +218,28 @@ def format_words(result: dict, index: SearchIndex) -> str:
     """The human-readable answer of ``fashiondvc search --text``."""
     wanted = [*result["include"], *(f"no {name}" for name in result["exclude"])]
     lines = [f"{result['text']!r} -> {' + '.join(wanted)}: {result['matches']} of "
-             f"{len(index)} photos in {index.root} match (threshold {result['threshold']:g}),"
-             " most probable first:"]
+             f"{len(index)} photos in {display_name(index.root)} match (threshold "
+             f"{result['threshold']:g}), most probable first:"]
     return "\n".join([*lines, *_hit_lines(result["results"], index, "  no photo matches")])
 
 
 def _hit_lines(hits: list[dict], index: SearchIndex, empty: str) -> list[str]:
     """One line per result: rank, score, file, predicted attributes (or ``empty``)."""
-    return [f"  {n:3d}  {hit['score']:.3f}  {index.root / hit['path']}  "
+    return [f"  {n:3d}  {hit['score']:.3f}  {Path(display_name(index.root)) / hit['path']}  "
             f"{', '.join(hit['attributes']) or '-'}" for n, hit in enumerate(hits, 1)] or [empty]
 
 
 def format_text(result: dict, photo: str, index: SearchIndex) -> str:
     """The human-readable answer `fashiondvc search` prints."""
     predicted = [a for a in result["attributes"] if a["predicted"]]
-    lines = [f"{photo}: predicted attributes (threshold {result['threshold']:g})"
+    lines = [f"{display_name(photo)}: predicted attributes (threshold {result['threshold']:g})"
              + ("" if predicted else ": none; the most likely are")]
     for item in predicted or result["attributes"][:3]:
         bar = "#" * round(item["probability"] * 20)
         lines.append(f"  {item['name']:18s} {item['probability']:5.2f} {bar}")
     where = f", with {' + '.join(result['where'])}" if result["where"] else ""
-    lines.append(f"\nMost similar of {len(index)} photos in {index.root}{where} (cosine):")
+    lines.append(f"\nMost similar of {len(index)} photos in {display_name(index.root)}{where} "
+                 "(cosine):")
     lines += _hit_lines(result["results"], index, "  no photo matches the filters")
     return "\n".join(lines)
 

@@ -5,8 +5,10 @@ Routes
 ``GET /``
     The page (``templates/search.html``).
 ``POST /api/query``
-    Multipart ``photo`` (JPEG or PNG, at most `MAX_UPLOAD_BYTES`), optional ``where`` and
-    ``top``: the photo's attributes and its most similar collection photos (`Searcher.query`).
+    Multipart ``photo`` (at most `MAX_UPLOAD_BYTES`), optional ``where`` and ``top``: the
+    photo's attributes and its most similar collection photos (`Searcher.query`). The photo is
+    accepted by its content (`fashiondvc.preprocess.IMAGE_FORMATS`: JPEG whatever its name,
+    ``.jfif`` included, PNG, WebP, AVIF, GIF, BMP, TIFF), not by its file name.
 ``GET /api/text?q=<words>``
     Collection photos matching words such as "red stripes, no scarf" (`Searcher.text`), with
     optional ``top``.
@@ -17,29 +19,44 @@ Routes
 ``GET /api/collection``
     A few collection rows to pick from (``n``, ``seed``).
 ``GET /photos/<row>``
-    A collection photo, by row number only: paths never come from the client.
+    A collection photo, by row number only: the file the index recorded for that row
+    (symbolic links followed, as the indexer followed them); paths never come from the
+    client.
 
 User errors answer JSON ``{"error": message}`` with a 4xx status, never a server error.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, render_template, request, send_file
+from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from fashiondvc.errors import FashionError
-from fashiondvc.preprocess import IMAGE_SUFFIXES
+from fashiondvc.preprocess import (
+    FORMAT_NAMES,
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
+    display_name,
+    image_format,
+)
 from fashiondvc.search import Searcher, default_top
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_TOP = 100
-#: Leading bytes of the accepted formats.
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+#: The file picker's ``accept``: the suffixes, and the MIME types browsers give those files.
+ACCEPT = ",".join([*IMAGE_SUFFIXES, "image/jpeg", "image/png", "image/webp", "image/avif",
+                   "image/gif", "image/bmp", "image/tiff"])
+#: Photo names the product cannot read, with the reason given instead of "not an image".
+UNREADABLE = {".heic": "HEIC", ".heif": "HEIF", ".jxl": "JPEG XL", ".svg": "SVG",
+              ".psd": "Photoshop"}
 
 
 def _error(status: int, message: str):
@@ -113,20 +130,26 @@ def create_app(searcher: Searcher, *, top: int = 10,
     def page():
         return render_template("search.html", labels=index.labels, n_photos=len(index),
                                top=top, max_upload=max_upload, max_mb=max_mb,
-                               suffixes=",".join(IMAGE_SUFFIXES))
+                               accept=ACCEPT, formats=FORMAT_NAMES)
 
     @app.post("/api/query")
     def query_upload():
         upload = request.files.get("photo")
         if upload is None or not upload.filename:
             return _error(400, "choose a photo to upload")
-        if Path(upload.filename).suffix.lower() not in IMAGE_SUFFIXES:
-            return _error(415, f"{upload.filename}: only JPEG and PNG photos are accepted")
         data = upload.read(max_upload + 1)
         if len(data) > max_upload:
             return _error(413, f"the upload is larger than {max_mb}: choose a smaller photo")
-        if not data.startswith(MAGIC):
-            return _error(415, f"{upload.filename}: not a JPEG or PNG image")
+        try:
+            kind = image_format(data)
+        except Image.DecompressionBombError:
+            kind = "JPEG"  # a format Pillow knows, far too large: the query says so (400)
+        if kind not in IMAGE_FORMATS:
+            suffix = Path(upload.filename).suffix.lower()
+            what = (f"a {kind} image" if kind else f"a {UNREADABLE[suffix]} image"
+                    if suffix in UNREADABLE else f"not a {FORMAT_NAMES} image")
+            return _error(415, f"{upload.filename}: not a readable image ({what}); send a "
+                               f"{FORMAT_NAMES} photo")
         n = _int(request.form.get("top"), top)
         where = _where(request.form.get("where"))
         with lock:
@@ -182,9 +205,15 @@ def create_app(searcher: Searcher, *, top: int = 10,
         if not 0 <= row < len(index):
             return _error(404, f"no photo {row} in the collection")
         path = index.file(row)
-        if not path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError:
             return _error(404, f"photo {row} is no longer in the collection folder")
-        return send_file(path, max_age=3600)
+        # from the bytes, not the name: a .jfif is image/jpeg, a name need not be UTF-8
+        mimetype = Image.MIME.get(image_format(data) or "", "application/octet-stream")
+        return send_file(io.BytesIO(data), mimetype=mimetype, max_age=3600,
+                         etag=hashlib.sha256(data).hexdigest(),
+                         download_name=display_name(path.name))
 
     return app
 

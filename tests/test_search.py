@@ -144,7 +144,7 @@ def test_index_errors_are_one_line(collection, tmp_path):
     with pytest.raises(FashionError, match="not a folder"):
         build_index(collection.model, tmp_path / "missing", tmp_path / "index")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FashionError, match="no .jpg"):
+    with pytest.raises(FashionError, match=r"no photo files \(\.jpg, \.jpeg, .*\.jfif"):
         build_index(collection.model, tmp_path / "empty", tmp_path / "index")
     with pytest.raises(FashionError, match="dvc repro index"):
         SearchIndex.load(tmp_path / "nothing")
@@ -312,3 +312,24 @@ def test_search_outside_a_repository_says_so(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "not a fashiondvc repository" in error and str(tmp_path) in error
     assert len(error.strip().splitlines()) == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_printed(collection, tmp_path):
+    """b"robe caf\\xe9.jpg" (an old archive's Latin-1): the index kept it (paths.csv was a
+    UnicodeEncodeError) and `fashiondvc search` prints it as \\xe9 in a real process, whose
+    stdout is strict UTF-8."""
+    import os
+    import sys
+
+    images = tmp_path / "images"
+    shutil.copytree(collection.images, images)
+    latin1 = os.fsdecode(b"robe caf\xe9.jpg")
+    shutil.copy(images / "000005.jpg", images / latin1)
+    build_index(collection.model, images, tmp_path / "index", threshold=0.0)  # all match
+    assert latin1 in SearchIndex.load(tmp_path / "index").paths
+    common = ["--index", str(tmp_path / "index"), "--model", str(collection.model), "--top", "30"]
+    for args in ([str(images / latin1)], [str(images / latin1), "--json"],
+                 ["--text", "red"], ["--text", "red", "--json"]):
+        result = run([sys.executable, "-m", "fashiondvc.cli", "search", *args, *common],
+                     cwd=tmp_path, env={"PYTHONIOENCODING": "utf-8"})
+        assert "caf\\xe9.jpg" in result.stdout.replace("\\\\", "\\"), args

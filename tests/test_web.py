@@ -77,11 +77,11 @@ def png_header(width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "name", "status", "message"), [
-    (b"hello", "notes.txt", 415, "only JPEG and PNG"),
+    (b"hello", "notes.txt", 415, "notes.txt: not a readable image (not a JPEG, PNG"),
     (png_header(10_000, 5_000), "wide.png", 400, "too many pixels (10000x5000)"),
     (png_header(30_000, 30_000), "bomb.png", 400, "too many pixels"),
-    (b"<html>not a photo</html>", "fake.jpg", 415, "not a JPEG or PNG image"),
-    (b"\xff\xd8\xff\xe0 truncated", "cut.jpg", 400, "not a readable image"),
+    (b"<html>not a photo</html>", "fake.jpg", 415, "fake.jpg: not a readable image"),
+    (b"\xff\xd8\xff\xe0 truncated", "cut.jpg", 415, "not a readable image"),
     (b"\xff\xd8\xff" + bytes(MAX_UPLOAD), "huge.jpg", 413, "larger than"),
 ])
 def test_bad_uploads_get_a_clear_4xx(client, data, name, status, message):
@@ -173,7 +173,7 @@ def test_the_page_in_a_browser(browser, live_url, collection, tmp_path):
     notes.write_text("not a photo")
     page.set_input_files("#photo-input", str(notes))
     page.wait_for_selector("#message.error")
-    assert "only JPEG and PNG" in page.inner_text("#message")
+    assert "not a readable image" in page.inner_text("#message")
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + bytes(MAX_UPLOAD))
     page.set_input_files("#photo-input", str(big))
@@ -281,3 +281,90 @@ def test_a_query_is_addressed_by_its_url_and_back_returns_to_it(browser, live_ur
     tags = page.locator("#results .card .tags").all_inner_texts()
     assert all("red" in t.split(", ") and "blue" not in t.split(", ") for t in tags)
     assert errors == []
+
+
+# ------------------------------------------------------------------- photo kinds, names, links
+
+def _photo_bytes(fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (180, 40, 50)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "name"), [
+    ("JPEG", "photo.jfif"), ("JPEG", "photo.JPG"), ("JPEG", "photo.jpe"), ("JPEG", "photo.pjpeg"),
+    ("JPEG", "photo.pjp"), ("JPEG", "blob"), ("JPEG", "photo.png"), ("PNG", "photo.PNG"),
+    ("WEBP", "photo.webp"), ("AVIF", "photo.avif"), ("GIF", "photo.gif"), ("BMP", "photo.bmp"),
+    ("TIFF", "photo.tif"),
+])
+def test_uploads_are_accepted_by_content_whatever_their_name(client, fmt, name):
+    """photo.jfif was a 415: what the page's file picker offers, the server reads."""
+    answer = upload(client, _photo_bytes(fmt), name)
+    assert answer.status_code == 200, answer.get_json()
+
+
+@pytest.mark.parametrize(("data", "name", "message"), [
+    (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "IMG_0001.HEIC", "(a HEIC image); send a JPEG"),
+    (b"8BPS\0\x01" + bytes(30), "layers.psd", "(a Photoshop image); send a JPEG"),
+    (b"%PDF-1.4\n", "scan.pdf", "(not a JPEG, PNG, WebP, AVIF, GIF, BMP or TIFF image)"),
+])
+def test_other_formats_are_refused_with_their_name(client, data, name, message):
+    answer = upload(client, data, name)
+    assert answer.status_code == 415
+    assert message in answer.get_json()["error"]
+
+
+def test_the_file_picker_offers_what_the_server_reads(client):
+    from fashiondvc.preprocess import IMAGE_SUFFIXES
+
+    html = client.get("/").get_data(as_text=True)
+    accept = html.split('id="photo-input" type="file" accept="')[1].split('"')[0].split(",")
+    assert {".jfif", ".jpe", ".pjpeg", ".pjp", ".webp"} <= set(accept)
+    assert set(IMAGE_SUFFIXES) <= set(accept)
+
+
+def test_symlinks_and_odd_names_are_indexed_and_served_by_one_rule(tmp_path):
+    """search.images follows links to files and folders, wherever they point: the index ranks
+    such a photo and the server serves it (it answered 400 "outside the collection folder").
+    A link loop ends, a broken link is skipped with a message, a file reached twice is indexed
+    once; a name that is not UTF-8 is indexed, served and printed."""
+    from fashiondvc.index import build_index
+
+    base = make_collection(tmp_path / "c")
+    images = base.images
+    outside = tmp_path / "elsewhere"
+    (outside / "more").mkdir(parents=True)
+    shutil.copy(images / "000001.jpg", outside / "linked.jpg")
+    (outside / "linked.jpg").write_bytes((outside / "linked.jpg").read_bytes() + b"\0")
+    shutil.copy(images / "000002.jpg", outside / "more" / "deep.jpg")
+    (images / "outside.jpg").symlink_to(outside / "linked.jpg")
+    (images / "folder").symlink_to(outside / "more", target_is_directory=True)
+    (images / "loop").symlink_to(images, target_is_directory=True)
+    (images / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (images / "again.jpg").symlink_to(images / "000003.jpg")
+    latin1 = os.fsdecode(b"robe caf\xe9.jpg")
+    shutil.copy(images / "000004.jpg", images / latin1)
+    (images / "photo.jfif").write_bytes(_photo_bytes("JPEG"))
+    (images / "photo.WEBP").write_bytes(_photo_bytes("WEBP"))
+
+    index, counts = build_index(base.model, images, tmp_path / "index")
+    for name in ("outside.jpg", "folder/deep.jpg", latin1, "photo.jfif", "photo.WEBP"):
+        assert name in index.paths, name
+    assert "broken.jpg" in index.skipped and "again.jpg" in index.skipped
+    assert not any(p.startswith("loop/") for p in index.paths)
+    assert len(index) == 24 + 5
+
+    client = create_app(Searcher.open(tmp_path / "index", base.model)).test_client()
+    for name, source in [("outside.jpg", outside / "linked.jpg"),
+                         ("folder/deep.jpg", outside / "more" / "deep.jpg"),
+                         (latin1, images / latin1), ("photo.jfif", images / "photo.jfif")]:
+        row = index.paths.index(name)
+        photo = client.get(f"/photos/{row}")
+        assert photo.status_code == 200, (name, photo.get_json())
+        assert photo.data == source.read_bytes()
+        assert photo.mimetype == "image/jpeg"
+        assert client.get(f"/api/photo/{row}").status_code == 200
+    listing = client.get("/api/text?q=red&top=40").get_json()["results"]
+    assert "robe caf\\xe9.jpg" in [hit["path"] for hit in listing]

@@ -29,6 +29,8 @@ def run_main(main: Callable[[], None], name: str | None = None) -> None:
     whose message names the file) prints its message. Any other exception (a bug, or an input
     that a dependency refuses: numpy, scikit-learn, torch) prints one line naming ``name``, the
     exception, and a log file holding the full traceback (`crash_log`). Ctrl-C exits 130.
+    Under torchrun only rank 0 prints; `fashiondvc.distributed.torchrun` prints the line of
+    another rank that failed when rank 0 did not.
 
     Parameters
     ----------
@@ -37,19 +39,36 @@ def run_main(main: Callable[[], None], name: str | None = None) -> None:
         What failed, e.g. ``"fashiondvc search"``; default: the stage of the running script
         (``stages/train.py`` or ``python -m stages.train``: ``"stage train"``).
     """
+    what = name or _script_name()
     try:
         main()
     except (FashionError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report(f"error: {exc}")
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as exc:
-        what = name or _script_name()
-        print(f"error: {what} failed unexpectedly: {describe(exc)}; full traceback in "
-              f"{crash_log(what, exc)}", file=sys.stderr)
+        _report(f"error: {what} failed unexpectedly: {describe(exc)}; full traceback in "
+                f"{crash_log(what, exc)}")
         raise SystemExit(1) from None
+
+
+#: Environment variable naming the folder where each torchrun rank leaves its error line
+#: (``rank-<N>.txt``; set by `fashiondvc.distributed.torchrun`).
+RANK_ERRORS = "FASHIONDVC_RANK_ERRORS"
+
+
+def _report(line: str) -> None:
+    """Print ``line`` to stderr, only on rank 0 under torchrun; every rank also leaves it in
+    `RANK_ERRORS` for the launcher."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        print(line, file=sys.stderr)
+    if folder := os.environ.get(RANK_ERRORS):
+        with contextlib.suppress(OSError):
+            (Path(folder) / f"rank-{rank}.txt").write_text(line + "\n")
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise FashionError("--photos: need at least 4")
         args.handler(args)
 
-    run_main(call)
+    run_main(call, name=f"fashiondvc {args.command}")
     if argv is None and args.command == "search":
         _exit_now()
 

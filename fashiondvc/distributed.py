@@ -87,7 +87,7 @@ def launch(train) -> None:
     ``train`` is the validated ``train`` block of params.yaml (`fashiondvc.params.TrainParams`).
     Returns (doing nothing) with ``devices`` <= 1 or when already under torchrun
     (``LOCAL_RANK`` set, e.g. a multi-machine run started by hand); otherwise this process
-    becomes ``python -m torch.distributed.run --standalone --nproc-per-node devices`` with
+    becomes ``torchrun --standalone --nproc-per-node devices`` (`torchrun`) with
     the same stage module (``-m stages.train``, or script) and arguments (same process id: a
     signal to it reaches every rank), and each rank gets its share of the cores
     (``OMP_NUM_THREADS``, unless set).
@@ -103,7 +103,7 @@ def launch(train) -> None:
     check(devices, resolve_device(train.device), train.batch_size)
     main = sys.modules["__main__"].__spec__  # `python -m stages.train`: keep the module form
     target = ["-m", main.name] if main is not None else [sys.argv[0]]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    command = [sys.executable, "-m", "fashiondvc.distributed", "--standalone",
                f"--nproc-per-node={devices}", *target, *sys.argv[1:]]
     print(f"training with {devices} processes: {' '.join(command[1:])}", flush=True)
     sys.stderr.flush()
@@ -226,3 +226,41 @@ def read_on_main(path: str | os.PathLike) -> str | os.PathLike | io.BytesIO | No
     box = [Path(path).read_bytes() if is_main() and Path(path).exists() else None]
     dist.broadcast_object_list(box, src=0)
     return None if box[0] is None else io.BytesIO(box[0])
+
+
+def torchrun(argv: list[str] | None = None) -> None:
+    """``torchrun ARGS`` (``torch.distributed.run``) that ends in one line, not a traceback.
+
+    Only rank 0 prints its ``error:`` line (`fashiondvc.errors.run_main`), so a failure common
+    to all ranks is said once; every failed rank also leaves its line in a temporary folder.
+    torchrun's own report (an error log line and a ``ChildFailedError`` traceback) is
+    replaced by the first failed rank's line when rank 0 said nothing. Exits 1 when a rank
+    failed.
+    """
+    import logging
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from fashiondvc.errors import RANK_ERRORS
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="fashiondvc-ranks-") as folder:
+        os.environ[RANK_ERRORS] = folder
+        try:
+            run(get_args_parser().parse_args(argv))
+        except ChildFailedError as exc:
+            said = {int(p.stem.split("-")[1]): p.read_text().strip()
+                    for p in Path(folder).glob("rank-*.txt")}
+            if 0 not in said:
+                rank, failure = exc.get_first_failure()
+                rank = rank if rank in said else min(said, default=rank)
+                print(f"{said[rank]} (rank {rank})" if rank in said else
+                      f"error: torchrun: rank {rank} failed (exit code {failure.exitcode})",
+                      file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    torchrun()

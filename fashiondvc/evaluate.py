@@ -17,6 +17,7 @@ import torch
 
 from fashiondvc import losses, metrics
 from fashiondvc.config import ModelConfig
+from fashiondvc.errors import FashionError
 from fashiondvc.net import AttributeNet
 from fashiondvc.rows import Splits, predict
 from fashiondvc.runtime import resolve_device
@@ -47,6 +48,11 @@ def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold:
     The headline's ``accuracy_mean`` and ``balanced_accuracy`` are means over attributes of
     their accuracy and balanced accuracy (`metrics.balanced_accuracy`), the figures the
     literature on this dataset reports.
+
+    Raises
+    ------
+    FashionError
+        If the network's scores are not finite (weights that diverged in training).
     """
     names, train_config = list(config.labels), config.train
     target = resolve_device(train_config.device)
@@ -59,6 +65,11 @@ def evaluate(net: AttributeNet, data: Splits, config: ModelConfig, *, threshold:
         mirrored = predict(net, data.subset(everything.rows, mirror=True), target,
                            train_config.precision, batch_size=batch_size)
         probs = (probs + net.probabilities(mirrored.to(target)).cpu().numpy()) / 2
+    if not np.isfinite(probs).all():  # scikit-learn would refuse them with a traceback
+        bad = int((~np.isfinite(probs)).any(axis=1).sum())
+        raise FashionError(f"the model's scores are not finite (NaN) for {bad} of {len(probs)} "
+                           "photos: its training diverged; retrain with a lower lr (it had "
+                           f"{train_config.lr:g})")
     y, m = data.targets, data.mask.astype(bool)
     if thresholds == "tuned":
         cut = metrics.tune_thresholds(y[data.val_rows], probs[data.val_rows],

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fashiondvc import backbones, choices
 from fashiondvc.config import ExtractorConfig
-from fashiondvc.errors import FashionError
+from fashiondvc.errors import FashionError, describe
 from fashiondvc.preprocess import model_input, normalize
 from fashiondvc.progress import progress
 from fashiondvc.runtime import compute_dtype, prepare_trunk, release_free_memory, resolve_device
@@ -306,13 +306,15 @@ class StoredFeatures:
         try:
             self.meta = json.loads(meta_path.read_text())
             self.config = ExtractorConfig(**self.meta["extractor"])
-            self.shapes = {name: tuple(spec["shape"])
+            self.shapes = {name: tuple(int(n) for n in spec["shape"])
                            for name, spec in self.meta["features"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise FashionError(f"{meta_path}: unreadable features metadata ({exc}); rerun "
-                               "the featurize stage") from None
-        self.n_images = int(self.meta["n_images"])
-        self.mirror = bool(self.meta.get("mirror", False))
+            self.dtypes = {name: np.dtype(spec["dtype"]) if "dtype" in spec else None
+                           for name, spec in self.meta["features"].items()}
+            self.n_images = int(self.meta["n_images"])
+            self.mirror = bool(self.meta.get("mirror", False))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FashionError(f"{meta_path}: unreadable features metadata ({describe(exc)}); "
+                               "rerun the featurize stage") from None
 
     def array(self, name: str, mirror: bool = False) -> np.ndarray:
         """The ``name`` array (of the mirrored images with ``mirror``), memory-mapped
@@ -323,15 +325,7 @@ class StoredFeatures:
         path = self.folder / feature_file(name, mirror)
         if name not in self.shapes or not path.is_file():
             raise FashionError(f"{path} does not exist: rerun the featurize stage")
-        try:
-            array = np.load(path, mmap_mode="r")
-        except ValueError as exc:  # numpy: "mmap length is greater than file size"
-            raise FashionError(f"{path}: truncated or corrupt ({exc}); rerun the featurize "
-                               "stage (or dvc pull it again)") from None
-        if array.shape != (self.n_images, *self.shapes[name]):
-            raise FashionError(f"{path}: shape {array.shape}, {META_FILE} says "
-                               f"{(self.n_images, *self.shapes[name])}; rerun featurize")
-        return array
+        return open_npy(path, (self.n_images, *self.shapes[name]), self.dtypes.get(name))
 
     def arrays(self, names: Sequence[str], mirror: bool = False) -> dict[str, np.ndarray]:
         return {name: self.array(name, mirror) for name in names}
@@ -346,6 +340,47 @@ class StoredFeatures:
             if not path.is_file():
                 raise FashionError(f"{path} does not exist: rerun the featurize stage")
         return {suffix: path.read_bytes() for suffix, path in files.items()}
+
+
+def open_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype | None = None,
+             rerun: str = "rerun the featurize stage (or dvc pull it again)") -> np.ndarray:
+    """``np.load(path, mmap_mode="r")`` of a stored array after checking it is whole.
+
+    The header is read first, and the file must hold ``shape`` of ``dtype`` (any dtype when
+    None) in C order and be at least as long as the header promises: numpy would map a short
+    file only to fail with "mmap length is greater than file size", or read past a damaged one.
+
+    Raises
+    ------
+    FashionError
+        One line naming ``path``, what is wrong with it (empty, not a ``.npy`` file, truncated:
+        bytes present and expected, another shape or dtype) and ``rerun``.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise FashionError(f"{path}: empty file; {rerun}")
+    with open(path, "rb") as handle:
+        try:
+            version = np.lib.format.read_magic(handle)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            found_shape, fortran, found_dtype = header(handle)
+        except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+            raise FashionError(f"{path}: not a whole .npy file ({describe(exc)}); "
+                               f"{rerun}") from None
+        offset = handle.tell()
+    if found_dtype.hasobject or fortran:
+        raise FashionError(f"{path}: not an array written by featurize (dtype {found_dtype}, "
+                           f"fortran_order {fortran}); {rerun}")
+    if tuple(found_shape) != tuple(shape) or (dtype is not None and found_dtype != dtype):
+        raise FashionError(f"{path}: {found_dtype.name} array of shape {tuple(found_shape)}, "
+                           f"{META_FILE} says {np.dtype(dtype or found_dtype).name} of "
+                           f"{tuple(shape)}; {rerun}")
+    expected = offset + int(np.prod(found_shape, dtype=np.int64)) * found_dtype.itemsize
+    if size < expected:
+        raise FashionError(f"{path}: truncated ({size} of {expected} bytes); {rerun}")
+    return np.load(path, mmap_mode="r")
 
 
 RAM_BUDGET_BYTES = 3 * 2**29

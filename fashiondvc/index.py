@@ -25,6 +25,8 @@ import csv
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from fashiondvc.errors import FashionError
+from fashiondvc.errors import FashionError, describe
 from fashiondvc.io import atomic_path, sha256_file, walk_files
 from fashiondvc.predictor import Predictor
 from fashiondvc.preprocess import IMAGE_SUFFIXES, display_name, load_rgb
@@ -110,7 +112,14 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> SearchIndex:
-        """Read an index written by `save` (without pandas: a query's start-up time)."""
+        """Read an index written by `save` (without pandas: a query's start-up time).
+
+        Raises
+        ------
+        FashionError
+            One line naming ``folder`` if it holds no index, or if a file of it is missing,
+            truncated or damaged (a partial ``dvc pull``, a full disk), with what to rerun.
+        """
         folder = Path(folder)
         if not (folder / META_FILE).exists():
             if not folder.is_absolute() and not Path("dvc.yaml").exists():
@@ -118,26 +127,34 @@ class SearchIndex:
                                    "fashiondvc repository; run from the repository root or "
                                    "pass --index")
             raise FashionError(f"{folder} holds no search index: run `dvc repro index` first")
+        rerun = ("rerun `dvc repro index` (or `fashiondvc index` for an index of your own), "
+                 "or dvc pull it again")
         try:
             meta = json.loads((folder / META_FILE).read_text())
-            arrays = np.load(folder / INDEX_FILE)
+            with np.load(folder / INDEX_FILE) as arrays:
+                probs, embeddings = arrays["probs"], arrays["embeddings"]
             with open(folder / PATHS_FILE, newline="", encoding="utf-8",
                       errors="surrogateescape") as handle:
                 table = list(csv.DictReader(handle))
             paths, hashes = [row["path"] for row in table], [row["sha256"] for row in table]
-            probs, embeddings = arrays["probs"], arrays["embeddings"]
-        except (OSError, ValueError, KeyError, csv.Error) as exc:
-            raise FashionError(f"{folder}: unreadable search index ({exc})") from None
-        if not len(probs) == len(embeddings) == len(table) == meta["n_images"]:
-            raise FashionError(f"{folder}: index files disagree on the number of photos")
-        root = Path(meta["root"])
+            counts = {len(probs), len(embeddings), len(table), int(meta["n_images"])}
+            root = Path(meta["root"])
+            fields = dict(labels=list(meta["labels"]), threshold=float(meta["threshold"]),
+                          model_sha256=str(meta["model_sha256"]),
+                          image_size=int(meta["image_size"]),
+                          precision=meta.get("precision", "fp32"),
+                          skipped=list(meta.get("skipped", [])), tta=meta.get("tta", "none"),
+                          embedding=meta.get("embedding", "hidden"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, csv.Error,
+                zipfile.BadZipFile, zlib.error) as exc:
+            # a partial `dvc pull`, a full disk, a file written by something else
+            raise FashionError(f"{folder}: unreadable search index ({describe(exc)}); "
+                               f"{rerun}") from None
+        if len(counts) != 1:
+            raise FashionError(f"{folder}: index files disagree on the number of photos; "
+                               f"{rerun}")
         return cls(root=root if root.is_absolute() else Path(os.path.normpath(folder / root)),
-                   paths=paths, hashes=hashes,
-                   labels=list(meta["labels"]), probs=probs, embeddings=embeddings,
-                   threshold=float(meta["threshold"]), model_sha256=meta["model_sha256"],
-                   image_size=int(meta["image_size"]), precision=meta.get("precision", "fp32"),
-                   skipped=list(meta.get("skipped", [])), tta=meta.get("tta", "none"),
-                   embedding=meta.get("embedding", "hidden"))
+                   paths=paths, hashes=hashes, probs=probs, embeddings=embeddings, **fields)
 
 
 def collection_files(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:

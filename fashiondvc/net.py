@@ -42,7 +42,7 @@ from torch import nn
 
 from fashiondvc import backbones
 from fashiondvc.config import ModelConfig
-from fashiondvc.errors import FashionError
+from fashiondvc.errors import FashionError, describe
 
 
 class LabelPCA(nn.Module):
@@ -209,8 +209,9 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, ModelConfig]:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise FashionError(f"{path} does not exist: run the train stage first") from None
-    except Exception as exc:
-        raise FashionError(f"{path}: not a fashiondvc model file ({exc})") from None
+    except Exception as exc:  # truncated (a partial dvc pull, a full disk), or another file
+        raise FashionError(f"{path}: not a whole fashiondvc model file ({describe(exc)}); "
+                           "rerun the train stage (or dvc pull it again)") from None
     if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
             and isinstance(saved.get("state_dict"), dict)):
         raise FashionError(f"{path}: not a fashiondvc model file (no config and state_dict)")

@@ -74,6 +74,7 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
     for override in overrides:
         if "=" not in override:
             raise FashionError(f"-S {override}: expected key=value")
+        _check_key(override.split("=", 1)[0])
     table = paper_table()
     if rows:
         unknown = sorted(set(rows) - set(table["row"]))
@@ -108,6 +109,21 @@ def queue_commands(overrides: Sequence[str] = (), force: bool = False,
             command.append("--force")
         commands.append([*command, "evaluate"])
     return commands
+
+
+def _check_key(key: str) -> None:
+    """Refuse an ``-S`` key that params.yaml does not have, with a did-you-mean hint, before
+    DVC's own four-line "Key ... is not in struct" (or, for ``+key``, a queued experiment
+    whose first stage fails)."""
+    import difflib
+
+    from fashiondvc.params import CONSTRAINTS
+
+    name = key.lstrip("+~")
+    if name not in CONSTRAINTS:
+        close = difflib.get_close_matches(name, CONSTRAINTS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise FashionError(f"-S {key}: unknown parameter{hint}")
 
 
 def queue(overrides: Sequence[str] = (), force: bool = False, cwd: str | os.PathLike = ".",

@@ -42,6 +42,8 @@ EXPERIMENT = "fashiondvc"
 MODEL_TAG = "fashiondvc.model_sha256"
 #: Tag holding the project root (two clones of one repository never adopt each other's runs).
 ROOT_TAG = "fashiondvc.root"
+#: Tag holding the one-line error of a run that failed in a stage.
+ERROR_TAG = "fashiondvc.error"
 #: How long a process waits for another one to finish creating the SQLite schema.
 LOCK_TIMEOUT_S = 600
 T = TypeVar("T")
@@ -282,11 +284,18 @@ class TrackedRun:
     def finish(self, status: str = "FINISHED") -> None:
         with_retries(lambda: self.client.set_terminated(self.run_id, status), "end run")
 
-    def fail(self) -> bool:
-        """Mark the run FAILED with one quick attempt; whether that worked (never raises)."""
+    def fail(self, status: str = "FAILED", reason: str | None = None) -> bool:
+        """End the run as ``status`` (FAILED, or KILLED) with one quick attempt, with ``reason``
+        as tag ``fashiondvc.error``; whether that worked (never raises)."""
+        from mlflow.entities import RunTag
+
         try:
-            with_retries(lambda: self.client.set_terminated(self.run_id, "FAILED"),
-                         "mark run FAILED", attempts=2)
+            if reason:
+                with_retries(lambda: self.client.log_batch(
+                    self.run_id, tags=[RunTag(ERROR_TAG, reason[:5000])]), "tag the error",
+                    attempts=2)
+            with_retries(lambda: self.client.set_terminated(self.run_id, status),
+                         f"mark run {status}", attempts=2)
             return True
         except Exception:
             return False
@@ -362,6 +371,13 @@ class LiveRun:
             _warn(exc, self.run)
             self.run = None
 
+    def fail(self, exc: BaseException) -> None:
+        """The train stage failed with ``exc``: end the run FAILED (KILLED for Ctrl-C), the
+        error's first line as tag `ERROR_TAG`; best effort, never raises."""
+        if self.run is not None:
+            end_failed(self.run, exc)
+            self.run = None
+
     def handover(self, history: list[Mapping[str, Any]], model_path: str | os.PathLike) -> None:
         """After the model is saved: log epochs not logged yet (resumed from a checkpoint) and
         the ``selected`` column, then tag the run with the model's sha256 for evaluate."""
@@ -410,7 +426,37 @@ def start_live_run(params: Mapping[str, Any], dataset_sha256: str | None = None
     return LiveRun(run)
 
 
+def end_failed(run: TrackedRun, exc: BaseException) -> None:
+    """End ``run`` because its stage raised ``exc``: KILLED for Ctrl-C, else FAILED."""
+    from fashiondvc.errors import FashionError, describe
+
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    reason = str(exc) if isinstance(exc, FashionError) else describe(exc, limit=5000)
+    if not run.fail(status, reason):
+        print(f"WARNING: MLflow: could not mark run {run.name!r} ({run.run_id}) {status}",
+              file=sys.stderr)
+
+
 # --------------------------------------------------------------------------- evaluate
+
+
+def fail_evaluation(params: Mapping[str, Any], model_path: str | os.PathLike,
+                    exc: BaseException) -> None:
+    """The evaluate stage failed with ``exc``: end FAILED the RUNNING run that train opened for
+    this model (`_adoptable`), if any. Best effort: never raises."""
+    if os.environ.get("RANK", "0") != "0" or not Path(model_path).is_file():
+        return
+    try:
+        from fashiondvc.io import sha256_file
+
+        client = open_client()
+        exp_id = experiment_id(client)
+        flat = {key: str(value) for key, value in params.items()}
+        run = _adoptable(client, exp_id, run_name(), sha256_file(model_path), flat)
+    except Exception:
+        return
+    if run is not None:
+        end_failed(run, exc)
 
 
 def _adoptable(client, exp_id: str, name: str, model_sha256: str,

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from fashiondvc import distributed, losses, metrics
 from fashiondvc.config import ModelConfig, TrainConfig
+from fashiondvc.errors import FashionError
 from fashiondvc.io import atomic_path
 from fashiondvc.net import LabelPCA, build_net, save_net
 from fashiondvc.params import Params
@@ -51,28 +53,54 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer
 
 
 def train_one_epoch(net: nn.Module, data: DataLoader, optimizer: torch.optim.Optimizer,
-                    config: TrainConfig, device: torch.device, desc: str) -> float:
-    """One pass over the training batches; returns the mean loss per image."""
+                    config: TrainConfig, device: torch.device, desc: str, epoch: int = 0
+                    ) -> float:
+    """One pass over the training batches; returns the mean loss per image.
+
+    Raises
+    ------
+    FashionError
+        As soon as a batch's loss is not finite (training diverged: too high a learning rate),
+        naming ``epoch``, the batch (from 1) and the learning rate, before the step.
+    """
     net.train()
     total, count = 0.0, 0
-    for batch in progress(data, desc=desc, unit="batch", leave=False, steps=10):
+    for number, batch in enumerate(progress(data, desc=desc, unit="batch", leave=False,
+                                            steps=10), start=1):
         batch = batch.to(device)
         with autocast(device, config.precision):
             outputs = net(batch.features)
         loss = losses.batch_loss(net, outputs, batch.targets, batch.mask, config)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FashionError(diverged(value, epoch, number, config))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(batch)
+        total += value * len(batch)
         count += len(batch)
     return total / max(count, 1)
 
 
-def score(net: nn.Module, dataset: FeatureSet, config: TrainConfig, device: torch.device
-          ) -> dict[str, float | np.ndarray]:
-    """``loss``, ``map`` (threshold-free) and ``probs`` of a subset."""
+def diverged(value: float, epoch: int, batch: int | str, config: TrainConfig) -> str:
+    """The one-line message of a training loss that became ``value`` (NaN or infinite)."""
+    return (f"training diverged: the loss became {value} at epoch {epoch}, batch {batch}; "
+            f"lower lr (now {config.lr:g})")
+
+
+def score(net: nn.Module, dataset: FeatureSet, config: TrainConfig, device: torch.device,
+          epoch: int = 0) -> dict[str, float | np.ndarray]:
+    """``loss``, ``map`` (threshold-free) and ``probs`` of a subset.
+
+    Raises `FashionError` (`diverged`) if the network's outputs are not finite after
+    ``epoch``: the last step of the epoch diverged.
+    """
     outputs = predict(net, dataset, device, config.precision,
                       batch_size=max(config.batch_size, 256))
+    if not bool(torch.isfinite(outputs).all()):
+        bad = outputs[~torch.isfinite(outputs)][0].item()
+        raise FashionError(diverged(bad, epoch, "last", config).replace(
+            "the loss became", "the outputs became"))
     y, m = dataset.targets, dataset.mask
     probs = net.probabilities(outputs.to(device)).cpu().numpy()
     with torch.no_grad():
@@ -132,12 +160,12 @@ def fit(net: nn.Module, train_set: FeatureSet, test_set: FeatureSet, config: Tra
                               epoch=epoch)
         train_loss = distributed.average(train_one_epoch(
             model, train_loader, optimizer, config, device,
-            desc=f"epoch {epoch}/{config.epochs}"))
-        test = score(net, test_set, config, device)
+            desc=f"epoch {epoch}/{config.epochs}", epoch=epoch))
+        test = score(net, test_set, config, device, epoch)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test["loss"],
                "test_map": test["map"]}
         if val_set is not None:
-            val = score(net, val_set, config, device)
+            val = score(net, val_set, config, device, epoch)
             row.update(val_loss=val["loss"], val_map=val["map"])
         history.append(row)
         if config.select == "best" and (best is None or _better(row, best["row"])):

@@ -18,8 +18,12 @@ from fashiondvc.params import load_params
 def main() -> None:
     labels_csv, split_csv, features_dir, model_path, history_csv, out_dir = sys.argv[1:7]
     params = load_params()
-    headline = run_evaluation(params, labels_csv, split_csv, features_dir, model_path,
-                              history_csv, out_dir)
+    try:
+        headline = run_evaluation(params, labels_csv, split_csv, features_dir, model_path,
+                                  history_csv, out_dir)
+    except BaseException as exc:  # the run that train opened ends FAILED, not RUNNING
+        tracking.fail_evaluation(params.flat(), model_path, exc)
+        raise
     print(json.dumps(headline, indent=2))
     manifest = json.loads((Path(labels_csv).parent / "manifest.json").read_text())
     # ends the run train opened (or a fresh one when train came from DVC's run cache)

@@ -17,8 +17,13 @@ def main() -> None:
     params = load_params()
     distributed.launch(params.train)  # train.devices > 1: torchrun
     live = tracking.start_live_run(params.flat())  # rank 0 only; evaluate ends the run
-    history = train(params, labels_csv, split_csv, features_dir, model_path, history_csv,
-                    on_epoch=live.log_epoch if live else None)
+    try:
+        history = train(params, labels_csv, split_csv, features_dir, model_path, history_csv,
+                        on_epoch=live.log_epoch if live else None)
+    except BaseException as exc:  # any failure, Ctrl-C included, ends the run
+        if live:
+            live.fail(exc)
+        raise
     if history is not None and live:
         live.handover(history, model_path)  # evaluate finds the run by the model's sha256
 

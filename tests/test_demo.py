@@ -1,9 +1,12 @@
 """`fashiondvc demo`, the README's first command, on a fresh repository."""
 
 import json
+import re
+import time
 
 import pytest
 from conftest import BIN, make_repo, run
+from test_pipeline import PROGRESS
 
 from fashiondvc.demo import demo_command
 
@@ -49,10 +52,31 @@ def test_demo_settings_are_valid_parameters(tmp_path):
 def test_demo_runs_the_pipeline_and_leaves_params_untouched(tmp_path, sample_zip):
     repo = make_repo(tmp_path / "repo", sample_zip)
     params_before = (repo / "params.yaml").read_text()
+    start = time.perf_counter()
     result = run([str(BIN / "fashiondvc"), "demo", "--photos", "16"], repo)
+    print(f"demo --photos 16: {time.perf_counter() - start:.0f} s")
     assert "demo: finished" in result.stdout
+    # every stderr line of the demo (all stages, evaluate's MLflow logging included) is the
+    # project's own progress: no dependency warning, INFO line or traceback
+    noise = [line for line in result.stderr.splitlines()
+             if line.strip() and not re.match(PROGRESS, line.strip())]
+    assert noise == [], "\n".join(noise[:20])
     assert "f1_micro" in result.stdout
     assert (repo / "params.yaml").read_text() == params_before
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     names = [e.get("name") for row in shown for e in (row.get("experiments") or [])]
     assert any(name and name.startswith("demo-") for name in names)
+
+
+def test_a_failing_demo_says_it_once(tmp_path, sample_zip):
+    """A bad parameter: the stage's one line and at most one DVC line (``dvc exp run --temp``
+    printed its "ERROR: failed to reproduce" twice), and no traceback."""
+    repo = make_repo(tmp_path / "repo", sample_zip, **{"data.on_corrupt": "maybe"})
+    result = run([str(BIN / "fashiondvc"), "demo", "--photos", "8"], repo, check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines()
+             if line.strip() and not re.match(PROGRESS, line.strip())]
+    ours = [line for line in lines if line.startswith("error: ")]
+    assert len(ours) == 1 and "data.on_corrupt" in ours[0], result.stderr
+    assert len([line for line in lines if line.startswith("ERROR: ")]) <= 1, result.stderr
+    assert len(lines) <= 2, result.stderr

@@ -22,6 +22,7 @@ from fashiondvc.features import (
     FeatureExtractor,
     StoredFeatures,
     colour_histograms,
+    feature_file,
 )
 from fashiondvc.params import Params, override
 from fashiondvc.pipeline import Pipeline
@@ -105,7 +106,7 @@ def test_stored_features_say_their_shapes_and_train_reads_them(tmp_path, sample_
     # a truncated array (partial dvc pull, full disk) is one clear error, not numpy's
     path = pipeline.features / "trunk.npy"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(FashionError, match=r"trunk\.npy: truncated or corrupt .*rerun the "
+    with pytest.raises(FashionError, match=r"trunk\.npy: truncated \(\d+ of \d+ bytes\); rerun the "
                                            r"featurize stage"):
         stored.array("trunk")
 
@@ -192,3 +193,81 @@ def extractor_inputs(photos) -> torch.Tensor:
     from fashiondvc.preprocess import model_input
 
     return torch.from_numpy(np.stack([model_input(photo, 32) for photo in photos]))
+
+
+def stored_folder(folder: Path, n: int = 6, mirror: bool = False) -> Path:
+    """A features folder as featurize writes it: trunk (float16) and colour, meta.json."""
+    folder.mkdir()
+    arrays = {"trunk": np.ones((n, 8, 2, 2), np.float16), "colour": np.ones((n, 5), np.float32)}
+    for name, array in arrays.items():
+        np.save(folder / feature_file(name), array)
+    meta = {"n_images": n, "mirror": mirror,
+            "extractor": {"backbone": "vgg16", "weights": "random", "frozen": 13,
+                          "image_size": 32, "precision": "fp32"},
+            "features": {name: {"shape": list(a.shape[1:]), "dtype": a.dtype.name}
+                         for name, a in arrays.items()}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("empty", "empty file"),
+    ("header cut", "not a whole .npy file"),
+    ("not npy", "not a whole .npy file"),
+    ("truncated rows", r"truncated \(\d+ of \d+ bytes\)"),
+    ("one byte short", r"truncated \(\d+ of \d+ bytes\)"),
+    ("other dtype", "float64 array of shape .* meta.json says float16"),
+    ("other shape", r"float16 array of shape \(5, 8, 2, 2\), meta.json says float16 of "
+                    r"\(6, 8, 2, 2\)"),
+    ("object array", "not an array written by featurize"),
+])
+def test_a_damaged_feature_file_is_one_line_naming_it(tmp_path, damage, expected):
+    """What a partial ``dvc pull`` or a full disk leaves, and files of another kind: numpy's
+    "mmap length is greater than file size" (a ValueError) or EOFError never reaches the user,
+    and a file of another dtype or shape than meta.json says is refused, not read."""
+    folder = stored_folder(tmp_path / "features")
+    path = folder / "trunk.npy"
+    data = path.read_bytes()
+    if damage == "other dtype":
+        np.save(path, np.ones((6, 8, 2, 2), np.float64))
+    elif damage == "other shape":
+        np.save(path, np.ones((5, 8, 2, 2), np.float16))
+    elif damage == "object array":
+        np.save(path, np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes({"empty": b"", "header cut": data[:30],
+                          "not npy": b"\x89PNG\r\n\x1a\n" + bytes(500),
+                          "truncated rows": data[:len(data) // 2],
+                          "one byte short": data[:-1]}[damage])
+    with pytest.raises(FashionError, match=rf"trunk\.npy: {expected}.*rerun the featurize"):
+        StoredFeatures(folder).array("trunk")
+    assert StoredFeatures(folder).array("colour").shape == (6, 5)  # the others still read
+
+
+@pytest.mark.parametrize("damage", ["not json", "no n_images", "shape not a list", "missing"])
+def test_damaged_features_metadata_is_one_line(tmp_path, damage):
+    folder = stored_folder(tmp_path / "features")
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "not json":
+        meta_path.write_text(meta_path.read_text()[:40])
+    elif damage == "no n_images":
+        del meta["n_images"]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "shape not a list":
+        meta["features"]["trunk"]["shape"] = 7
+        meta_path.write_text(json.dumps(meta))
+    else:
+        meta_path.unlink()
+    with pytest.raises(FashionError, match=r"meta\.json.*(unreadable features metadata.*rerun "
+                                           r"the featurize stage|does not exist)"):
+        StoredFeatures(folder)
+
+
+def test_missing_feature_files_are_one_line(tmp_path):
+    folder = stored_folder(tmp_path / "features", mirror=True)
+    with pytest.raises(FashionError, match=r"trunk\.mirror\.npy does not exist: rerun"):
+        StoredFeatures(folder).array("trunk", mirror=True)
+    (folder / "colour.npy").unlink()
+    with pytest.raises(FashionError, match=r"colour\.npy does not exist: rerun"):
+        StoredFeatures(folder).array("colour")

@@ -1,5 +1,7 @@
 """The paper's table: queue commands, and the report's rows, variants and notes (no DVC run)."""
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -124,3 +126,12 @@ def test_recipes_report_lists_variants_and_seed_means(tmp_path, monkeypatch):
     monkeypatch.setattr(paper, "finished_experiments", lambda repo: results.iloc[:0])
     with pytest.raises(FashionError, match="no finished experiment"):
         paper.recipes_report(tmp_path, tmp_path / "out2")
+
+
+@pytest.mark.parametrize("key", ["train.epoch", "+train.epoch"])
+def test_queue_refuses_an_unknown_key_with_a_did_you_mean_before_dvc(key):
+    """DVC's answer was four lines ("Key 'epoch' is not in struct"), or with ``+`` a queued
+    experiment that fails in its first stage."""
+    expected = f"-S {key}: unknown parameter (did you mean train.epochs?)"
+    with pytest.raises(FashionError, match=re.escape(expected)):
+        queue_commands([f"{key}=3"])

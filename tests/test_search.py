@@ -333,3 +333,29 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_printed(collection, tmp_pat
         result = run([sys.executable, "-m", "fashiondvc.cli", "search", *args, *common],
                      cwd=tmp_path, env={"PYTHONIOENCODING": "utf-8"})
         assert "caf\\xe9.jpg" in result.stdout.replace("\\\\", "\\"), args
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("index.npz", "half"), ("index.npz", "empty"), ("index.npz", "garbage"),
+    ("meta.json", "half"), ("meta.json", "empty"), ("meta.json", "missing"),
+    ("paths.csv", "half"), ("paths.csv", "empty"), ("paths.csv", "missing")])
+def test_a_damaged_index_is_one_line_naming_it_and_what_to_rerun(collection, tmp_path, name,
+                                                                 damage):
+    """A partial ``dvc pull`` or a full disk: every index file cut, emptied, replaced or gone
+    (the npz raised zipfile's BadZipFile or numpy's EOFError, uncaught), and the index stage
+    rebuilds over such a folder instead of failing."""
+    folder = tmp_path / "index"
+    shutil.copytree(collection.index_dir, folder)
+    path = folder / name
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes({"half": data[:len(data) // 2], "empty": b"",
+                          "garbage": b"\x00garbage" * 50}[damage])
+    with pytest.raises(FashionError, match=r"index.*(unreadable search index|disagree|holds no)"
+                                           r".*(rerun `dvc repro index`|run `dvc repro index`)"):
+        SearchIndex.load(folder)
+    if damage != "missing":
+        _, counts = build_index(collection.model, collection.images, folder)
+        assert counts["computed"] == N_PHOTOS

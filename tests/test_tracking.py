@@ -307,3 +307,16 @@ def test_a_pipeline_run_is_one_finished_run_also_when_train_is_not_rerun(pipelin
         assert {"metrics.json", "per_attribute.csv", "pr_curves.csv", "history.csv",
                 "plots"} <= files
     assert found[0].data.tags[tracking.MODEL_TAG] == found[1].data.tags[tracking.MODEL_TAG]
+
+
+def test_a_failed_train_or_evaluate_ends_the_live_run_failed(workspace):
+    """Any exception in train ends its run FAILED (Ctrl-C: KILLED), one in evaluate ends the
+    run train opened: none is left RUNNING, and the error is a tag."""
+    live = tracking.start_live_run(PARAMS)
+    live.fail(KeyboardInterrupt())
+    live = tracking.start_live_run(PARAMS)
+    live.handover(HISTORY, "models/net.pt")
+    tracking.fail_evaluation(PARAMS, "models/net.pt", ValueError("Input contains NaN.\nmore"))
+    runs_ = sorted(all_runs(), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs_] == ["KILLED", "FAILED"]
+    assert runs_[1].data.tags[tracking.ERROR_TAG] == "ValueError: Input contains NaN."

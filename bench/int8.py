@@ -11,9 +11,13 @@
    calibration is timed apart. Throughput as a fraction of this machine's GEMM peaks: fp32 and
    bf16 from torch (`machine.gemm_roofline`), int8 from an OpenVINO int8 MatMul (`int8_gemm`).
 
+3. ``query`` (with ``--models FLOAT INT8``, two ``net.pt`` of one recipe trained on float and
+   on int8 features): ``fashiondvc index`` of a new folder of ``--index-photos`` real photos,
+   and a one-off ``fashiondvc search`` process, per model, beside ``import torch``.
+
 One command per machine kind (record which one it was: the JSON's ``machine``):
 
-    .venv/bin/python bench/int8.py --out bench/int8-$(hostname).json
+    .venv/bin/python bench/int8.py --out bench/int8-$(hostname).json [--models F.pt I.pt]
 
 Needs ``../shared`` (the real archive and trunk) and the ``int8`` extra; a library that is not
 installed is skipped with a line.
@@ -143,6 +147,44 @@ def featurize_section(images: np.ndarray, frozen: int, batch: int, workers: int)
     return out
 
 
+def query_section(models: dict[str, Path], n_photos: int, searches: int) -> dict:
+    """Per model (float and int8, each a trained ``net.pt``): ``fashiondvc index`` of a new
+    folder of ``n_photos`` real photos (flip TTA, attributes embedding: the shipped recipe),
+    then the median wall seconds of ``searches`` one-off ``fashiondvc search`` processes
+    against that index, beside the same process's floor ``python -c "import torch"``."""
+    import subprocess
+
+    cli = [sys.executable, "-m", "fashiondvc.cli"]
+
+    def wall(command):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+        return time.perf_counter() - start
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        with zipfile.ZipFile(ARCHIVE) as archive:
+            names = sorted(m for m in archive.namelist() if m.endswith(".jpg"))[:n_photos]
+            for name in names:
+                (folder / Path(name).name).write_bytes(archive.read(name))
+        query = folder / Path(names[0]).name
+        floor = [wall([sys.executable, "-c", "import torch"]) for _ in range(searches)]
+        out["import_torch_s"] = round(float(np.median(floor)), 2)
+        for label, model in models.items():
+            index = Path(tmp) / f"index-{label}"
+            seconds = wall([*cli, "index", "--model", str(model), "--images", str(folder),
+                            "--out", str(index), "--tta", "flip", "--embedding", "attributes"])
+            runs = [wall([*cli, "search", str(query), "--json", "--index", str(index),
+                          "--model", str(model)]) for _ in range(searches)]
+            out[label] = {"index_photos": n_photos, "index_s": round(seconds, 1),
+                          "index_photos_per_s": round(n_photos / seconds, 2),
+                          "search_s": round(float(np.median(runs)), 2), "load": machine.load()}
+            print("query", label, out[label], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frozen", type=int, default=13)
@@ -153,6 +195,10 @@ def main() -> None:
     parser.add_argument("--featurize-images", type=int, default=192)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip", default="", help="sections to skip: libraries,featurize")
+    parser.add_argument("--models", nargs=2, type=Path, metavar=("FLOAT", "INT8"),
+                        help="two trained net.pt of one recipe: float and int8 features")
+    parser.add_argument("--index-photos", type=int, default=1856)
+    parser.add_argument("--searches", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -273,6 +319,9 @@ def main() -> None:
     if "featurize" not in args.skip:
         stored = photos(args.featurize_images, 1400)
         results["featurize"] = featurize_section(stored, args.frozen, 32, args.workers)
+    if args.models:
+        models = {"float": args.models[0], "int8": args.models[1]}
+        results["query"] = query_section(models, args.index_photos, args.searches)
     results["roofline"] = machine.gemm_roofline()
     gops = int8_gemm()
     results["roofline"]["int8_openvino"] = round(gops, 1) if gops else None

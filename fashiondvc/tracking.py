@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,6 +135,23 @@ def store_lock() -> contextlib.AbstractContextManager:
     from filelock import FileLock
 
     return FileLock(f"{database}-lock", timeout=LOCK_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """Within the block, MLflow's artifact downloads print no "Downloading artifacts" tqdm bar
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``, read by MLflow at each download); the
+    variable is restored afterwards, so a caller's process keeps its own setting."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def open_client():

@@ -56,18 +56,10 @@ def trunk_key(config) -> str:
 
 def store_trunk(run, config) -> tuple[str, str]:
     """``(uri, sha256)`` of the trunk's weights in the store, logging them on first use."""
-    from fashiondvc.tracking import artifact_location, store_lock, with_retries
+    from fashiondvc.tracking import active_experiment, artifact_location, store_lock
 
     client, key = run.client, trunk_key(config)
-
-    def experiment() -> str:
-        found = client.get_experiment_by_name(TRUNK_EXPERIMENT)
-        if found is not None:
-            return found.experiment_id
-        return client.create_experiment(TRUNK_EXPERIMENT,
-                                        artifact_location=artifact_location("trunks"))
-
-    exp_id = with_retries(experiment, "open the trunk experiment")
+    exp_id = active_experiment(client, TRUNK_EXPERIMENT, artifact_location("trunks"))
     with store_lock():  # queue workers logging at once store the trunk once (SQLite)
         return _find_or_log_trunk(client, exp_id, key, config)
 

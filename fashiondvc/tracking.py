@@ -176,6 +176,8 @@ def open_client():
     def ready() -> MlflowClient:
         # the constructor already opens (creates, migrates) the tracking store
         with store_lock():
+            if database is not None:
+                follow_moved_repository(database)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
             if database is not None:
@@ -183,6 +185,76 @@ def open_client():
         return client
 
     return with_retries(ready, "open the store")
+
+
+#: Where MLflow's SQLite schema keeps artifact locations (table, column).
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("model_versions", "source"), ("model_versions", "storage_location"),
+                     ("logged_models", "artifact_location"))
+
+
+def follow_moved_repository(database: Path) -> list[tuple[Path, Path]]:
+    """Point the default store's artifact locations at this repository after it moved.
+
+    The default store (``<root>/mlflow.db``) records absolute ``file://<root>/mlartifacts/...``
+    locations (MLflow resolves every local artifact path to an absolute one). After ``mv repo
+    repo2`` they name the old folder: every model version fails to load and the next run
+    recreates the old folder. When the database is this repository's ``mlflow.db`` and a
+    location is under ``<old>/mlartifacts`` with ``<old>`` another folder whose
+    ``mlartifacts`` is gone (moved) or with this repository holding its own ``mlartifacts``
+    (copied along), the locations of experiments, runs, model versions and logged models, and
+    the runs' `ROOT_TAG`, are rewritten to this repository, in one SQLite transaction; one
+    line says so. Returns the ``(old, new)`` roots rewritten. A store named by
+    ``MLFLOW_TRACKING_URI`` elsewhere is left alone.
+    """
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    root = project_root()
+    if not database.is_file() or database.resolve() != (root / "mlflow.db").resolve():
+        return []
+    with contextlib.closing(sqlite3.connect(database, timeout=LOCK_TIMEOUT_S)) as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master "
+                                               "where type = 'table'")}
+        if "experiments" not in tables:
+            return []
+        olds = set()
+        for (location,) in db.execute("select artifact_location from experiments"):
+            if not (location or "").startswith("file://"):
+                continue
+            parts = Path(unquote(urlparse(location).path)).parts
+            if "mlartifacts" not in parts:
+                continue
+            old = Path(*parts[:parts.index("mlartifacts")])
+            if old != root and (not (old / "mlartifacts").exists()
+                                or (root / "mlartifacts").exists()):
+                olds.add(old)
+        moved = []
+        with db:  # one transaction
+            for old in sorted(olds):
+                prefixes = [((old / "mlartifacts").as_uri(), (root / "mlartifacts").as_uri()),
+                            (str(old / "mlartifacts"), str(root / "mlartifacts"))]
+                for table, column in _LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    columns = {row[1] for row in db.execute(f"pragma table_info({table})")}
+                    if column not in columns:
+                        continue
+                    for rowid, value in db.execute(
+                            f"select rowid, {column} from {table}").fetchall():
+                        for before, after in prefixes:
+                            if value and (value == before or value.startswith(before + "/")):
+                                db.execute(f"update {table} set {column} = ? where rowid = ?",
+                                           (after + value[len(before):], rowid))
+                                break
+                if "tags" in tables:
+                    db.execute("update tags set value = ? where key = ? and value = ?",
+                               (str(root), ROOT_TAG, str(old)))
+                moved.append((old, root))
+    for old, new in moved:
+        print(f"mlflow: the repository moved from {old} to {new}: the store's artifact "
+              f"locations now point at {new / 'mlartifacts'}", file=sys.stderr)
+    return moved
 
 
 def _quiet_store() -> None:
@@ -198,20 +270,33 @@ def _quiet_store() -> None:
 
 
 def experiment_id(client) -> str:
-    """The id of experiment `EXPERIMENT`, created (artifacts in `artifact_location`) if needed."""
-    def get_or_create() -> str:
-        found = client.get_experiment_by_name(EXPERIMENT)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(EXPERIMENT, artifact_location=artifact_location())
-        except Exception:
-            found = client.get_experiment_by_name(EXPERIMENT)  # created meanwhile by a sibling
-            if found is None:
-                raise
-            return found.experiment_id
+    """The id of experiment `EXPERIMENT`, created (artifacts in `artifact_location`) if needed,
+    restored if it was deleted (`active_experiment`)."""
+    return active_experiment(client, EXPERIMENT, artifact_location())
 
-    return with_retries(get_or_create, "open experiment")
+
+def active_experiment(client, name: str, location: str | None) -> str:
+    """The id of the active experiment ``name``: found, restored or created.
+
+    An experiment deleted in the MLflow UI keeps its name (in the trash) and takes no new run;
+    it is restored, with one line saying so. A missing one is created with artifacts in
+    ``location``."""
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except Exception:
+                found = client.get_experiment_by_name(name)  # created meanwhile by a sibling
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+            print(f"mlflow: experiment {name!r} ({found.experiment_id}) had been deleted (in "
+                  "the MLflow UI?): restored it, with its runs", file=sys.stderr)
+        return found.experiment_id
+
+    return with_retries(get_or_create, f"open experiment {name!r}")
 
 
 def _quote(value: str) -> str:

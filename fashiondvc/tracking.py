@@ -208,12 +208,25 @@ def follow_moved_repository(database: Path) -> list[tuple[Path, Path]]:
     ``MLFLOW_TRACKING_URI`` elsewhere is left alone.
     """
     import sqlite3
-    from urllib.parse import unquote, urlparse
 
     root = project_root()
     if not database.is_file() or database.resolve() != (root / "mlflow.db").resolve():
         return []
-    with contextlib.closing(sqlite3.connect(database, timeout=LOCK_TIMEOUT_S)) as db:
+    try:
+        moved = _rewrite_locations(database, root)
+    except sqlite3.Error:  # locked by a long writer, or not MLflow's schema: next time
+        return []
+    for old, new in moved:
+        print(f"mlflow: the repository moved from {old} to {new}: the store's artifact "
+              f"locations now point at {new / 'mlartifacts'}", file=sys.stderr)
+    return moved
+
+
+def _rewrite_locations(database: Path, root: Path) -> list[tuple[Path, Path]]:
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
         tables = {row[0] for row in db.execute("select name from sqlite_master "
                                                "where type = 'table'")}
         if "experiments" not in tables:
@@ -251,9 +264,6 @@ def follow_moved_repository(database: Path) -> list[tuple[Path, Path]]:
                     db.execute("update tags set value = ? where key = ? and value = ?",
                                (str(root), ROOT_TAG, str(old)))
                 moved.append((old, root))
-    for old, new in moved:
-        print(f"mlflow: the repository moved from {old} to {new}: the store's artifact "
-              f"locations now point at {new / 'mlartifacts'}", file=sys.stderr)
     return moved
 
 

@@ -56,18 +56,10 @@ def trunk_key(config) -> str:
 
 def store_trunk(run, config) -> tuple[str, str]:
     """``(uri, sha256)`` of the trunk's weights in the store, logging them on first use."""
-    from fashiondvc.tracking import artifact_location, store_lock, with_retries
+    from fashiondvc.tracking import active_experiment, artifact_location, store_lock
 
     client, key = run.client, trunk_key(config)
-
-    def experiment() -> str:
-        found = client.get_experiment_by_name(TRUNK_EXPERIMENT)
-        if found is not None:
-            return found.experiment_id
-        return client.create_experiment(TRUNK_EXPERIMENT,
-                                        artifact_location=artifact_location("trunks"))
-
-    exp_id = with_retries(experiment, "open the trunk experiment")
+    exp_id = active_experiment(client, TRUNK_EXPERIMENT, artifact_location("trunks"))
     with store_lock():  # queue workers logging at once store the trunk once (SQLite)
         return _find_or_log_trunk(client, exp_id, key, config)
 
@@ -118,12 +110,14 @@ def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str |
     from fashiondvc.features import FeatureExtractor
     from fashiondvc.net import load_net
     from fashiondvc.predictor import Predictor
+    from fashiondvc.tracking import quiet_downloads
 
     net, config = load_net(net_path)
     if config.extractor.precision == "int8":  # the quantized trunk travels in net.pt
         return Predictor(net, config, tta=tta or settings.get("tta", "none"),
                          embedding=embedding or settings.get("embedding", "hidden"))
-    path = mlflow.artifacts.download_artifacts(artifact_uri=settings["trunk_uri"])
+    with quiet_downloads():
+        path = mlflow.artifacts.download_artifacts(artifact_uri=settings["trunk_uri"])
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state_sha256(state) != settings["trunk_sha256"]:
         raise FashionError(f"{settings['trunk_uri']}: trunk weights changed (sha256 mismatch)")
@@ -135,11 +129,113 @@ def predictor_from_store(net_path: str | os.PathLike, settings: dict, tta: str |
                      embedding=embedding or settings.get("embedding", "hidden"))
 
 
+#: Environment variable naming the one folder a served model may read photos from by path.
+PHOTO_ROOT_ENV = "FASHIONDVC_PHOTO_ROOT"
+#: Largest encoded photo accepted, in bytes (a JPEG of `fashiondvc.predictor.MAX_PIXELS`
+#: pixels is far smaller).
+MAX_PHOTO_BYTES = 50_000_000
+_NO_PATHS = ("paths are not accepted: this model reads no file a client names (send the "
+             "photo's bytes, base64 in JSON, in the `photo` column; the operator may allow "
+             f"one folder with {PHOTO_ROOT_ENV})")
+
+
+def photo_root(config: dict | None) -> Path | None:
+    """The folder a loaded model may read photos from by path, or None (the default: none).
+
+    Only the operator sets it: ``$FASHIONDVC_PHOTO_ROOT`` in the serving process, or
+    ``model_config={"photo_root": ...}`` given to ``mlflow.pyfunc.load_model``; never a request.
+
+    Raises
+    ------
+    FashionError
+        If the named folder does not exist.
+    """
+    from fashiondvc.errors import FashionError
+
+    root = (config or {}).get("photo_root") or os.environ.get(PHOTO_ROOT_ENV)
+    if not root:
+        return None
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise FashionError(f"{PHOTO_ROOT_ENV} / photo_root: {root} is not a folder")
+    return folder.resolve()
+
+
+def _is_missing(value) -> bool:
+    """None, NaN, NaT or pd.NA: how pandas fills a gap in a column."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def photo_bytes(i: int, photo, path, root: Path | None) -> bytes:
+    """The encoded photo of row ``i``: its ``photo`` bytes, or the file ``path`` names under
+    ``root``.
+
+    A path is read only when the operator set a root (`photo_root`); it may be relative to the
+    root or absolute, must not hold ``..``, and must resolve (symlinks followed) inside the
+    root. Every refused or unreadable path gets the same message, so a client learns nothing
+    about files outside the root.
+
+    Raises
+    ------
+    FashionError
+        One line naming the row: no photo, a value of the wrong type, both columns set, a path
+        refused, an empty or too large photo.
+    """
+    from fashiondvc.errors import FashionError
+
+    has_photo, has_path = not _is_missing(photo), not _is_missing(path)
+    if has_photo and has_path:
+        raise FashionError(f"row {i}: both `photo` and `path` are set; give one")
+    if has_path:
+        if not isinstance(path, str):
+            raise FashionError(f"row {i}: `path` is of type {type(path).__name__}, not a "
+                              "string")
+        if root is None:
+            raise FashionError(f"row {i}: {_NO_PATHS}")
+        data = _read_under(root, path)
+        if data is None:
+            raise FashionError(f"row {i}: no such photo under the photo root")
+        photo = data
+    elif not has_photo:
+        raise FashionError(f"row {i}: no photo (null): send the photo's bytes, base64 in JSON")
+    if isinstance(photo, str):
+        raise FashionError(f"row {i}: `photo` holds text, not bytes; {_NO_PATHS}")
+    if not isinstance(photo, (bytes, bytearray, memoryview)):
+        raise FashionError(f"row {i}: `photo` is of type {type(photo).__name__}, not bytes "
+                           "(base64 in JSON)")
+    data = bytes(photo)
+    if not data:
+        raise FashionError(f"row {i}: empty photo (0 bytes)")
+    if len(data) > MAX_PHOTO_BYTES:
+        raise FashionError(f"row {i}: photo too large ({len(data) / 1e6:.0f} MB; at most "
+                           f"{MAX_PHOTO_BYTES // 1_000_000} MB)")
+    return data
+
+
+def _read_under(root: Path, name: str) -> bytes | None:
+    """The bytes of file ``name`` resolved inside ``root``; None when it is not a regular
+    file there (outside, missing, a folder, unreadable, too large: not told apart)."""
+    relative = Path(name)
+    if "\0" in name or ".." in relative.parts:
+        return None
+    try:
+        target = (root / relative).resolve()  # an absolute ``name`` replaces root
+        if not target.is_relative_to(root) or not target.is_file():
+            return None
+        with target.open("rb") as handle:
+            data = handle.read(MAX_PHOTO_BYTES + 1)
+    except (OSError, RuntimeError, ValueError):  # loops, permissions, odd names
+        return None
+    return data if len(data) <= MAX_PHOTO_BYTES else None
+
+
 def _python_model():
     import mlflow.pyfunc
 
     class PhotoAttributes(mlflow.pyfunc.PythonModel):
-        """Photos (paths or bytes) -> a DataFrame of attribute probabilities, one row each."""
+        """Photos -> a DataFrame of attribute probabilities, one row each (see `predict`)."""
 
         # the signature is given explicitly (`signature`): MLflow's type-hint validation, and
         # its "Add type hints to the `predict` method" warning on every definition, do not apply
@@ -148,21 +244,50 @@ def _python_model():
         def load_context(self, context) -> None:
             self.predictor = predictor_from_store(context.artifacts["net"],
                                                   context.model_config)
+            self.root = photo_root(context.model_config)
 
         def predict(self, context, model_input, params=None):
+            """``model_input``: a DataFrame with a ``photo`` column (encoded JPEG/PNG/... bytes;
+            base64 strings in JSON, which MLflow's scoring server decodes) and/or a ``path``
+            column (read only under the operator's photo root), or a list of bytes.
+
+            Returns one row per input row: one float column per attribute and ``error`` (None,
+            or one line saying why the row was not scored; its probabilities are then None).
+            """
+            import logging
+
             import pandas as pd
 
-            photos = (model_input["photo"] if isinstance(model_input, pd.DataFrame)
-                      else model_input)
-            rows = []
-            for i, photo in enumerate(list(photos)):
-                if isinstance(photo, (bytes, bytearray)):
-                    data, name = bytes(photo), f"photo {i}"
-                else:
-                    data, name = Path(photo).read_bytes(), str(photo)
-                probs, _ = self.predictor.photo(data, name)
-                rows.append(probs.astype(float))
-            return pd.DataFrame(rows, columns=self.predictor.labels)
+            from fashiondvc.errors import FashionError
+
+            if isinstance(model_input, pd.DataFrame):
+                n = len(model_input)
+                photos = (model_input["photo"].tolist() if "photo" in model_input
+                          else [None] * n)
+                paths = (model_input["path"].tolist() if "path" in model_input
+                         else [None] * n)
+            else:
+                photos = list(model_input)
+                paths = [None] * len(photos)
+            rows, errors = [], []
+            for i, (photo, path) in enumerate(zip(photos, paths, strict=True)):
+                try:
+                    data = photo_bytes(i, photo, path, getattr(self, "root", None))
+                    probs, _ = self.predictor.photo(data, f"row {i}")
+                    rows.append([float(p) for p in probs])
+                    errors.append(None)
+                except FashionError as exc:
+                    rows.append([None] * len(self.predictor.labels))
+                    errors.append(str(exc))
+                except Exception:  # a bug: its traceback goes to the server's log only
+                    logging.getLogger(__name__).exception("row %d: scoring failed", i)
+                    rows.append([None] * len(self.predictor.labels))
+                    errors.append(f"row {i}: internal error while scoring this photo (the "
+                                  "server's log has the details)")
+            table = pd.DataFrame(rows, columns=self.predictor.labels,
+                                 dtype=object if any(errors) else "float64")
+            table["error"] = pd.Series(errors, index=table.index, dtype=object)
+            return table
 
     return PhotoAttributes()
 
@@ -186,12 +311,18 @@ def _quiet_mlflow() -> Iterator[None]:
 
 
 def signature(labels: list[str]):
-    """Input: a ``photo`` column (path or bytes); output: one double column per attribute."""
+    """Input: ``photo`` (binary: encoded photo bytes, base64 in JSON requests; MLflow's scoring
+    server decodes them) and ``path`` (string, read only under the operator's photo root),
+    both optional, one per row; output: one double column per attribute and ``error``
+    (string, set on the rows that were not scored)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema
 
-    return ModelSignature(inputs=Schema([ColSpec(AnyType(), "photo")]),
-                          outputs=Schema([ColSpec("double", name) for name in labels]))
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "photo", required=False),
+                       ColSpec("string", "path", required=False)]),
+        outputs=Schema([*(ColSpec("double", name) for name in labels),
+                        ColSpec("string", "error", required=False)]))
 
 
 def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str = "none",

@@ -117,7 +117,7 @@ def download(uri: str) -> tuple[Path, dict, str]:
     import mlflow.artifacts
     from ruamel.yaml import YAML
 
-    from fashiondvc.tracking import open_client, with_retries
+    from fashiondvc.tracking import open_client, quiet_downloads, with_retries
 
     match = _URI.fullmatch(uri)
     if match is None:
@@ -135,10 +135,12 @@ def download(uri: str) -> tuple[Path, dict, str]:
         raise
     description = (f"{uri} (version {version.version}, experiment "
                    f"{version.tags.get('dvc.experiment', '?')})")
+    _check_artifacts(client, version, description)
     folder = Path(tempfile.mkdtemp(prefix="fashiondvc-model-"))
     source = version.source.rstrip("/")
-    mlmodel = with_retries(lambda: mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{source}/MLmodel", dst_path=str(folder)), "download MLmodel")
+    with quiet_downloads():
+        mlmodel = with_retries(lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{source}/MLmodel", dst_path=str(folder)), "download MLmodel")
     try:
         flavor = YAML(typ="safe", pure=True).load(Path(mlmodel).read_text())[
             "flavors"]["python_function"]
@@ -146,6 +148,37 @@ def download(uri: str) -> tuple[Path, dict, str]:
     except (KeyError, TypeError) as exc:
         raise FashionError(f"{description}: not a fashiondvc model (MLmodel lacks {exc})"
                            ) from None
-    net = with_retries(lambda: mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{source}/{net_file}", dst_path=str(folder)), "download the network")
+    with quiet_downloads():
+        net = with_retries(lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{source}/{net_file}", dst_path=str(folder)),
+            "download the network")
     return Path(net), settings, description
+
+
+def _check_artifacts(client, version, description: str) -> None:
+    """Refuse in one line a version whose artifacts, in a local folder, are gone.
+
+    Raises
+    ------
+    FashionError
+        Naming the folder the store records and the likely reasons (the repository moved while
+        ``MLFLOW_TRACKING_URI`` named its store, or ``mlartifacts`` was deleted).
+    """
+    from urllib.parse import unquote, urlparse
+
+    from fashiondvc.tracking import with_retries
+
+    location = with_retries(lambda: client.get_model_version_download_uri(
+        version.name, version.version), "locate the model's artifacts")
+    if run := re.fullmatch(r"runs:/([^/]+)/?(.*)", location):
+        run_uri = with_retries(lambda: client.get_run(run[1]).info.artifact_uri, "get the run")
+        location = f"{run_uri.rstrip('/')}/{run[2]}"
+    if not location.startswith("file:") and ":" in location.split("/")[0]:
+        return  # a server or a bucket: its own errors say what is wrong
+    folder = Path(unquote(urlparse(location).path)) if location.startswith("file:") \
+        else Path(location)
+    if not (folder / "MLmodel").is_file():
+        raise FashionError(f"{description}: its artifacts were stored at {folder}, which holds "
+                           "no MLmodel any more (moved or deleted: a store that follows the "
+                           "repository is <repo>/mlflow.db with <repo>/mlartifacts; register "
+                           "the model again with `fashiondvc track`)")

@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +139,23 @@ def store_lock() -> contextlib.AbstractContextManager:
     return FileLock(f"{database}-lock", timeout=LOCK_TIMEOUT_S)
 
 
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """Within the block, MLflow's artifact downloads print no "Downloading artifacts" tqdm bar
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``, read by MLflow at each download); the
+    variable is restored afterwards, so a caller's process keeps its own setting."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def open_client():
     """An ``MlflowClient`` whose store exists with its current schema.
 
@@ -161,6 +178,8 @@ def open_client():
     def ready() -> MlflowClient:
         # the constructor already opens (creates, migrates) the tracking store
         with store_lock():
+            if database is not None:
+                follow_moved_repository(database)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
             if database is not None:
@@ -168,6 +187,86 @@ def open_client():
         return client
 
     return with_retries(ready, "open the store")
+
+
+#: Where MLflow's SQLite schema keeps artifact locations (table, column).
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("model_versions", "source"), ("model_versions", "storage_location"),
+                     ("logged_models", "artifact_location"))
+
+
+def follow_moved_repository(database: Path) -> list[tuple[Path, Path]]:
+    """Point the default store's artifact locations at this repository after it moved.
+
+    The default store (``<root>/mlflow.db``) records absolute ``file://<root>/mlartifacts/...``
+    locations (MLflow resolves every local artifact path to an absolute one). After ``mv repo
+    repo2`` they name the old folder: every model version fails to load and the next run
+    recreates the old folder. When the database is this repository's ``mlflow.db`` and a
+    location is under ``<old>/mlartifacts`` with ``<old>`` another folder whose
+    ``mlartifacts`` is gone (moved) or with this repository holding its own ``mlartifacts``
+    (copied along), the locations of experiments, runs, model versions and logged models, and
+    the runs' `ROOT_TAG`, are rewritten to this repository, in one SQLite transaction; one
+    line says so. Returns the ``(old, new)`` roots rewritten. A store named by
+    ``MLFLOW_TRACKING_URI`` elsewhere is left alone.
+    """
+    import sqlite3
+
+    root = project_root()
+    if not database.is_file() or database.resolve() != (root / "mlflow.db").resolve():
+        return []
+    try:
+        moved = _rewrite_locations(database, root)
+    except sqlite3.Error:  # locked by a long writer, or not MLflow's schema: next time
+        return []
+    for old, new in moved:
+        print(f"mlflow: the repository moved from {old} to {new}: the store's artifact "
+              f"locations now point at {new / 'mlartifacts'}", file=sys.stderr)
+    return moved
+
+
+def _rewrite_locations(database: Path, root: Path) -> list[tuple[Path, Path]]:
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master "
+                                               "where type = 'table'")}
+        if "experiments" not in tables:
+            return []
+        olds = set()
+        for (location,) in db.execute("select artifact_location from experiments"):
+            if not (location or "").startswith("file://"):
+                continue
+            parts = Path(unquote(urlparse(location).path)).parts
+            if "mlartifacts" not in parts:
+                continue
+            old = Path(*parts[:parts.index("mlartifacts")])
+            if old != root and (not (old / "mlartifacts").exists()
+                                or (root / "mlartifacts").exists()):
+                olds.add(old)
+        moved = []
+        with db:  # one transaction
+            for old in sorted(olds):
+                prefixes = [((old / "mlartifacts").as_uri(), (root / "mlartifacts").as_uri()),
+                            (str(old / "mlartifacts"), str(root / "mlartifacts"))]
+                for table, column in _LOCATION_COLUMNS:
+                    if table not in tables:
+                        continue
+                    columns = {row[1] for row in db.execute(f"pragma table_info({table})")}
+                    if column not in columns:
+                        continue
+                    for rowid, value in db.execute(
+                            f"select rowid, {column} from {table}").fetchall():
+                        for before, after in prefixes:
+                            if value and (value == before or value.startswith(before + "/")):
+                                db.execute(f"update {table} set {column} = ? where rowid = ?",
+                                           (after + value[len(before):], rowid))
+                                break
+                if "tags" in tables:
+                    db.execute("update tags set value = ? where key = ? and value = ?",
+                               (str(root), ROOT_TAG, str(old)))
+                moved.append((old, root))
+    return moved
 
 
 def _quiet_store() -> None:
@@ -183,20 +282,33 @@ def _quiet_store() -> None:
 
 
 def experiment_id(client) -> str:
-    """The id of experiment `EXPERIMENT`, created (artifacts in `artifact_location`) if needed."""
-    def get_or_create() -> str:
-        found = client.get_experiment_by_name(EXPERIMENT)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(EXPERIMENT, artifact_location=artifact_location())
-        except Exception:
-            found = client.get_experiment_by_name(EXPERIMENT)  # created meanwhile by a sibling
-            if found is None:
-                raise
-            return found.experiment_id
+    """The id of experiment `EXPERIMENT`, created (artifacts in `artifact_location`) if needed,
+    restored if it was deleted (`active_experiment`)."""
+    return active_experiment(client, EXPERIMENT, artifact_location())
 
-    return with_retries(get_or_create, "open experiment")
+
+def active_experiment(client, name: str, location: str | None) -> str:
+    """The id of the active experiment ``name``: found, restored or created.
+
+    An experiment deleted in the MLflow UI keeps its name (in the trash) and takes no new run;
+    it is restored, with one line saying so. A missing one is created with artifacts in
+    ``location``."""
+    def get_or_create() -> str:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except Exception:
+                found = client.get_experiment_by_name(name)  # created meanwhile by a sibling
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+            print(f"mlflow: experiment {name!r} ({found.experiment_id}) had been deleted (in "
+                  "the MLflow UI?): restored it, with its runs", file=sys.stderr)
+        return found.experiment_id
+
+    return with_retries(get_or_create, f"open experiment {name!r}")
 
 
 def _quote(value: str) -> str:

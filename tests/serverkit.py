@@ -190,3 +190,48 @@ def mlflow_server(backend_store_uri: str, timeout: float = 300) -> Iterator[tupl
     finally:
         _stop_group(proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def model_server(model_uri: str, cwd: Path, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> Iterator[tuple[str, Path]]:
+    """Run ``mlflow models serve -m <model_uri> --env-manager local`` on 127.0.0.1 until the
+    block exits (its process group is stopped then).
+
+    Yields
+    ------
+    (str, Path)
+        The server's URL and its log file (stdout and stderr).
+
+    Raises
+    ------
+    RuntimeError
+        When the server exits or does not answer ``/ping`` within ``timeout``.
+    """
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    log_path = cwd / f"models-serve-{port}.log"
+    command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
+               "local", "-h", LOOPBACK, "-p", str(port)]
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _pings(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow models serve did not come up at {url} "
+                                   f"(exit code {proc.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url, log_path
+    finally:
+        _stop_group(proc)

@@ -101,3 +101,12 @@ def test_unknown_registry_uris_are_one_line_errors(registry, capsys, uri, fragme
               str(collection.index_dir), "--model", uri])
     error = capsys.readouterr().err
     assert fragment in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_opening_a_registered_model_prints_no_download_bars(registry, capsys, monkeypatch):
+    """The project's own loads (search, serve, index by URI) show no "Downloading artifacts"
+    bars, even when the user's environment leaves MLflow's progress bars on."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    capsys.readouterr()
+    open_model(f"models:/{mlmodel.REGISTERED_NAME}/1")
+    assert "Downloading artifacts" not in capsys.readouterr().err

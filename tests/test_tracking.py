@@ -320,3 +320,115 @@ def test_a_failed_train_or_evaluate_ends_the_live_run_failed(workspace):
     runs_ = sorted(all_runs(), key=lambda r: r.info.start_time)
     assert [r.info.status for r in runs_] == ["KILLED", "FAILED"]
     assert runs_[1].data.tags[tracking.ERROR_TAG] == "ValueError: Input contains NaN."
+
+
+# --------------------------------------------------------------------------- the store changed
+
+
+def test_a_deleted_experiment_is_restored_and_track_works(workspace, capsys):
+    """Deleted in the MLflow UI: the next run restores it (one line) instead of failing after
+    the retries, and so does `fashiondvc track`, the remedy the warnings name."""
+    first = tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.5}, [], "cafe")
+    experiment = client().get_experiment_by_name(tracking.EXPERIMENT)
+    client().delete_experiment(experiment.experiment_id)
+    capsys.readouterr()
+    second = tracking.log_evaluation(PARAMS, HISTORY, {"f1_micro": 0.6}, [], "cafe")
+    err = capsys.readouterr().err
+    assert second not in (None, first)
+    assert "WARNING" not in err and "retry" not in err
+    [notice] = [line for line in err.splitlines() if "restored" in line]
+    assert f"experiment 'fashiondvc' ({experiment.experiment_id}) had been deleted" in notice
+    again = client().get_experiment(experiment.experiment_id)
+    assert again.lifecycle_stage == "active"
+    assert client().get_run(second).info.experiment_id == experiment.experiment_id
+
+    from fashiondvc.cli import main
+
+    client().delete_experiment(experiment.experiment_id)
+    main(["track", "--no-model"])
+    out, err = capsys.readouterr()
+    assert "logged run 'exp-a'" in out and "restored" in err and "WARNING" not in err
+
+
+@pytest.mark.slow
+def test_a_deleted_trunk_experiment_is_restored(workspace, capsys):
+    from searchkit import model_config
+
+    from fashiondvc import mlmodel
+
+    run = tracking.TrackedRun.create(client(), tracking.experiment_id(client()), "exp-t", {})
+    first = mlmodel.store_trunk(run, model_config())
+    trunks = client().get_experiment_by_name(mlmodel.TRUNK_EXPERIMENT)
+    client().delete_experiment(trunks.experiment_id)
+    capsys.readouterr()
+    assert mlmodel.store_trunk(run, model_config()) == first  # its trunk run came back too
+    err = capsys.readouterr().err
+    assert f"experiment '{mlmodel.TRUNK_EXPERIMENT}'" in err and "restored" in err
+    assert client().get_experiment(trunks.experiment_id).lifecycle_stage == "active"
+
+
+@pytest.mark.slow
+def test_a_moved_repository_keeps_its_models_and_writes_under_the_new_root(tmp_path,
+                                                                           monkeypatch, capsys):
+    """`mv repo repo2` after a run: registered versions load from repo2, the next run's
+    artifacts land in repo2/mlartifacts and repo/ is not recreated; a version whose artifacts
+    are gone fails in one line."""
+    import shutil
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from searchkit import save_tiny_net
+
+    from fashiondvc import mlmodel
+    from fashiondvc.errors import FashionError
+    from fashiondvc.registry import open_model
+    from fashiondvc.sample import make_sample_archive
+
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    old, new = tmp_path / "repo", tmp_path / "repo2"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    model = save_tiny_net(old / "net.pt")
+    uris = []
+    for name in ("exp-a", "exp-b"):
+        run = tracking.TrackedRun.create(tracking.open_client(),
+                                         tracking.experiment_id(tracking.open_client()), name, {})
+        uris.append(mlmodel.log_model(run, model, "cafe"))
+        run.finish()
+    assert (old / "mlartifacts").is_dir()
+    shutil.copytree(old, new)  # mv repo repo2
+    shutil.rmtree(old)
+    monkeypatch.chdir(new)
+    capsys.readouterr()
+
+    opened = open_model(uris[0])
+    err = capsys.readouterr().err
+    [notice] = [line for line in err.splitlines() if "moved" in line]
+    assert f"moved from {old} to {new}" in notice
+    photo = sorted((make_sample_archive(tmp_path / "s", n_images=4, folder=True)
+                    / "images").glob("*.jpg"))[0].read_bytes()
+    probs, _ = opened.predictor.photo(photo, "p.jpg")
+    table = mlflow.pyfunc.load_model(uris[0]).predict(pd.DataFrame({"photo": [photo]}))
+    assert table.iloc[0, :len(probs)].astype(float).tolist() == pytest.approx(probs.tolist(),
+                                                                              abs=1e-6)
+    run = tracking.TrackedRun.create(tracking.open_client(),
+                                     tracking.experiment_id(tracking.open_client()), "next", {})
+    run.log_artifacts([new / "net.pt"])
+    artifact_uri = client().get_run(run.run_id).info.artifact_uri
+    assert artifact_uri.startswith((new / "mlartifacts").as_uri())
+    assert client().get_run(run.run_id).data.tags[tracking.ROOT_TAG] == str(new)
+    assert not old.exists()
+    assert "moved" not in capsys.readouterr().err  # rewritten once
+
+    version = client().get_model_version(mlmodel.REGISTERED_NAME, "2")
+    from urllib.parse import urlparse
+
+    stored = Path(urlparse(client().get_run(version.run_id).info.artifact_uri).path)
+    assert stored.is_relative_to(new / "mlartifacts")
+    shutil.rmtree(stored / "model")
+    with pytest.raises(FashionError) as raised:
+        open_model(uris[1])
+    message = str(raised.value)
+    assert "version 2" in message and "its artifacts were stored at" in message
+    assert str(new / "mlartifacts") in message and "\n" not in message

@@ -346,7 +346,9 @@ def log_model(run, model_path: str | os.PathLike, dataset_sha256: str, tta: str 
                           "embedding": embedding},
             signature=signature(list(config.labels)),
             code_paths=[str(Path(fashiondvc.__file__).parent)],
-            pip_requirements=["torch", "torchvision", "pillow", "numpy", "pandas", "mlflow"])
+            pip_requirements=["torch", "torchvision", "pillow", "numpy", "pandas", "mlflow",
+                              # an int8 model runs its trunk in OpenVINO (the int8 extra)
+                              *(["openvino"] if config.extractor.precision == "int8" else [])])
         with_retries(lambda: run.client.log_artifacts(run.run_id, str(folder), "model"),
                      "log model")
     client = run.client

@@ -17,6 +17,8 @@ by construction. Its outputs, by name (`FEATURE_KINDS`):
 
 A features folder holds one ``<name>.npy`` per kind (memory-mappable, rows in the store's order)
 and ``meta.json``: the extractor's config, each array's shape and dtype, and the torch version.
+With ``featurize.precision: int8`` it also holds the quantized trunk (``trunk-int8.xml`` and
+``.bin``, `fashiondvc.quantize`), and ``meta.json`` its calibration rows and library versions.
 `StoredFeatures` reads it back; train and evaluate take the shapes from it.
 """
 

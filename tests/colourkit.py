@@ -64,6 +64,23 @@ def _desc_tag(text: str) -> bytes:
             + struct.pack(">IIHB", 0, 0, 0, 0) + b"\0" * 67)
 
 
+def _profile(device_class: bytes, colour_space: bytes, connection_space: bytes,
+             tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 profile's bytes: the 128-byte header (D50 illuminant), the tag table, the
+    tags, each padded to 4 bytes (ICC.1:2001-04, section 6)."""
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000)
+              + device_class + colour_space + connection_space + b"\0" * 12 + b"acsp"
+              + b"\0" * 28 + b"".join(_s15(v) for v in D50_XYZ) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
 def icc_profile(chromaticity=ADOBE_RGB, trc=ADOBE_GAMMA, *, gray: bool = False,
                 description: str = "test profile") -> bytes:
     """A minimal ICC v2 display profile: header, desc, wtpt, and rXYZ/gXYZ/bXYZ with
@@ -79,19 +96,7 @@ def icc_profile(chromaticity=ADOBE_RGB, trc=ADOBE_GAMMA, *, gray: bool = False,
                  (b"bXYZ", _xyz_tag(d50[:, 2]))]
         curve = _curve_tag(trc)
         tags += [(b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += b"\0" * (-len(data) % 4)
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    size = offset + len(body)
-    header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntr"
-              + (b"GRAY" if gray else b"RGB ") + b"XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 4
-              + b"\0" * 4 + b"\0" * 8 + b"\0" * 8 + b"\0" * 4
-              + b"".join(_s15(v) for v in D50_XYZ) + b"\0" * 4 + b"\0" * 44)
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
+    return _profile(b"mntr", b"GRAY" if gray else b"RGB ", b"XYZ ", tags)
 
 
 def encode_in(pixels: np.ndarray, chromaticity=ADOBE_RGB, trc=ADOBE_GAMMA) -> np.ndarray:
@@ -145,14 +150,4 @@ def cmyk_profile() -> bytes:
            + struct.pack(">HH", 2, 2) + struct.pack(">8H", *([0, 65535] * 4))
            + struct.pack(f">{len(clut)}H", *clut) + struct.pack(">6H", *([0, 65535] * 3)))
     tags = [(b"desc", _desc_tag("test CMYK")), (b"wtpt", _xyz_tag(D50_XYZ)), (b"A2B0", lut)]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += b"\0" * (-len(data) % 4)
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000)
-              + b"prtr" + b"CMYK" + b"Lab " + b"\0" * 12 + b"acsp" + b"\0" * 28
-              + b"".join(_s15(v) for v in D50_XYZ) + b"\0" * 48)
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
+    return _profile(b"prtr", b"CMYK", b"Lab ", tags)

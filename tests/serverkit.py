@@ -124,9 +124,9 @@ def postgres_cluster(database: str = "mlflow", user: str = "mlflow") -> Iterator
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _healthy(url: str) -> bool:
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -174,30 +174,35 @@ def mlflow_server(backend_store_uri: str, timeout: float = 300) -> Iterator[tupl
     command = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_store_uri,
                "--serve-artifacts", "--artifacts-destination", str(artifacts),
                "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    with open(log_path, "w") as log:
-        # its own session: the server forks workers, and the whole group is stopped at the end
-        proc = subprocess.Popen(command, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up at {url} "
-                                   f"(exit code {proc.poll()}):\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        yield url, artifacts
+        with _running(command, base, os.environ, log_path, url, "/health", timeout,
+                      "mlflow server"):
+            yield url, artifacts
     finally:
-        _stop_group(proc)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _pings(url: str) -> bool:
+@contextmanager
+def _running(command: list[str], cwd: Path, env, log_path: Path, url: str, probe: str,
+             timeout: float, name: str) -> Iterator[None]:
+    """Run ``command`` (the venv's bin first on PATH) in its own session, logging to
+    ``log_path``, until ``url + probe`` answers 200; stop its process group when the block
+    exits. RuntimeError with the log's tail when it exits or does not answer in ``timeout``."""
+    full_env = {**env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    with open(log_path, "w") as log:
+        # its own session: servers fork workers, and the whole group is stopped at the end
+        proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        deadline = time.monotonic() + timeout
+        while not _answers(url + probe):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not come up at {url} "
+                                   f"(exit code {proc.poll()}):\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        yield
+    finally:
+        _stop_group(proc)
 
 
 @contextmanager
@@ -221,17 +226,6 @@ def model_server(model_uri: str, cwd: Path, env: dict[str, str] | None = None,
     log_path = cwd / f"models-serve-{port}.log"
     command = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
                "local", "-h", LOOPBACK, "-p", str(port)]
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not _pings(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow models serve did not come up at {url} "
-                                   f"(exit code {proc.poll()}):\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
+    with _running(command, cwd, {**os.environ, **(env or {})}, log_path, url, "/ping", timeout,
+                  "mlflow models serve"):
         yield url, log_path
-    finally:
-        _stop_group(proc)

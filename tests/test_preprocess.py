@@ -401,7 +401,9 @@ def test_an_adobe_rgb_photo_reads_as_its_srgb_twin_at_every_entry_point(tmp_path
 
     model = _python_model()
     model.predictor = predictor
-    probs = model.predict(None, [adobe, srgb]).to_numpy()
+    table = model.predict(None, [adobe, srgb])
+    assert table["error"].isna().all()
+    probs = table[predictor.labels].to_numpy()
     assert close_probs(probs[0]) and close_probs(probs[1])
 
 

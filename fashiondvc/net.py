@@ -34,6 +34,7 @@ rebuilds it alone.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 
 import numpy as np
@@ -209,9 +210,13 @@ def load_net(path: str | os.PathLike) -> tuple[AttributeNet, ModelConfig]:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise FashionError(f"{path} does not exist: run the train stage first") from None
+    except pickle.UnpicklingError:  # torch's weights_only refusal: it would run code
+        raise FashionError(f"{path}: not a fashiondvc model file (not weights-only: it could "
+                           "run code when loaded, refused)") from None
     except Exception as exc:  # truncated (a partial dvc pull, a full disk), or another file
-        raise FashionError(f"{path}: not a whole fashiondvc model file ({describe(exc)}); "
-                           "rerun the train stage (or dvc pull it again)") from None
+        raise FashionError(f"{path}: not a fashiondvc model file, or a cut one "
+                           f"({describe(exc)}); rerun the train stage (or dvc pull it "
+                           "again)") from None
     if not (isinstance(saved, dict) and isinstance(saved.get("config"), dict)
             and isinstance(saved.get("state_dict"), dict)):
         raise FashionError(f"{path}: not a fashiondvc model file (no config and state_dict)")

@@ -254,7 +254,7 @@ def bad_images(sample_zip: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("inner, reason", [("images/000003.jpg", "truncated"),
-                                           ("images/000005.jpg", "not an image format")])
+                                           ("images/000005.jpg", "not a JPEG, PNG, WebP")])
 def test_unreadable_image_fails_by_default(tmp_path, sample_zip, inner, reason):
     bad = rewrite_zip(sample_zip, tmp_path / "bad.zip",
                       replace={inner: bad_images(sample_zip)[inner]})
@@ -332,7 +332,7 @@ def test_greyscale_cmyk_16bit_palette_and_rotated_photos_are_converted(tmp_path,
     ("augment.image_size", 31), ("augment.copies", -1), ("augment.workers", -2),
     ("model.weights", "vgg19"), ("model.weights", None), ("data.sha256", "abc"),
     ("data.on_corrupt", "ignore"), ("data.archive", ""), ("train.epochs", 0),
-    ("train.optimizer", "rmsprop"), ("featurize.precision", "int8"),
+    ("train.optimizer", "rmsprop"), ("featurize.precision", "int4"),
     ("evaluate.threshold", 1), ("train.seed", -1), ("search.top", 0),
     ("train.epoch", 5), ("augment.size", 64), ("model.backbone", "vgg19"),
     ("model.inputs", ["side"]), ("model.inputs", ["trunk", "edges"]), ("model.head", "mlp"),

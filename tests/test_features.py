@@ -162,7 +162,7 @@ def test_a_photo_gets_identical_features_at_featurize_index_query_and_in_the_pyf
     for entry in seen:
         for name in FEATURE_KINDS:
             assert torch.equal(entry[name], expected[name]), name
-    assert table.shape == (1, 11)
+    assert table.shape == (1, 12) and table["error"].isna().all()  # 11 colours + error
 
 
 def test_mirrored_features_are_those_of_each_image_flipped_left_to_right(tmp_path):

@@ -116,6 +116,25 @@ def int8_gemm(n: int = 2048, seconds: float = 1.0) -> float | None:
     return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9
 
 
+class JpegStore:
+    """Images stored as the augment stage stores them (JPEG bytes), decoded on access."""
+
+    def __init__(self, images: np.ndarray):
+        from PIL import Image
+
+        from fashiondvc.preprocess import encode_jpeg
+
+        self.data = [encode_jpeg(Image.fromarray(a)) for a in images]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from fashiondvc.preprocess import decode_rgb
+
+        return decode_rgb(self.data[i])
+
+
 def featurize_section(images: np.ndarray, frozen: int, batch: int, workers: int) -> dict:
     """The product's featurize over ``images`` (uint8, stored as the augment stage stores them)
     at fp32, bf16 and int8, in this order; int8's calibration timed apart."""
@@ -133,10 +152,10 @@ def featurize_section(images: np.ndarray, frozen: int, batch: int, workers: int)
             extractor.quantize(list(images))
             calibration = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
-            featurize(list(images[:batch]), extractor, Path(tmp) / "w", batch_size=batch,
+            featurize(JpegStore(images[:batch]), extractor, Path(tmp) / "w", batch_size=batch,
                       workers=0)  # warm-up
             start = time.perf_counter()
-            featurize(list(images), extractor, Path(tmp) / "f", batch_size=batch,
+            featurize(JpegStore(images), extractor, Path(tmp) / "f", batch_size=batch,
                       workers=workers)
             seconds = time.perf_counter() - start
         rate = len(images) / seconds

@@ -240,7 +240,8 @@ def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
     image of ``store`` (any ``store[i] -> uint8 (H, W, 3)``, `fashiondvc.store.ImageStore`).
 
     With ``mirror``, also ``<name>.mirror.npy``: the features of every image flipped left to
-    right (twice the time). Rows follow the store's order; the files are streamed, so peak
+    right (twice the time). An int8 extractor decodes in this process (``workers`` ignored:
+    see the comment in `_featurize`). Rows follow the store's order; the files are streamed, so peak
     memory is a few batches whatever the dataset. ``out_dir`` gets all files, or none. Returns
     the metadata written.
     """
@@ -263,6 +264,10 @@ def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
 def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
                workers: int, mirror: bool) -> dict:
     specs = extractor.specs()  # the dtypes each feature is stored in, as computed
+    if extractor.int8:
+        # OpenVINO's threads spin between inferences and starve forked JPEG decoders: on 2
+        # cores 86 images/s decoding in-process against 35 with 2 workers (bench/int8.md)
+        workers = 0
     loader = DataLoader(ImageTensors(store), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=extractor.device.type == "cuda",
                         persistent_workers=False)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_features import make_params
 
 from fashiondvc import quantize
 from fashiondvc.config import ExtractorConfig
 from fashiondvc.features import FEATURE_KINDS, INT8_TRUNK, FeatureExtractor, StoredFeatures
 from fashiondvc.pipeline import Pipeline
-from tests.test_features import make_params
 
 needs_openvino = pytest.mark.skipif(quantize.missing() is not None,
                                     reason="the int8 extra (openvino, nncf) is not installed")

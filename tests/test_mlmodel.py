@@ -210,8 +210,8 @@ def test_mlflow_models_serve_scores_base64_photos_and_opens_no_client_path(tmp_p
         assert status == 200 and "paths are not accepted" in json.loads(body)[
             "predictions"][0]["error"]
         not_image = json.loads(answers["/tmp"][1])["predictions"][0]
-        assert not_image["error"] == "row 0: not a readable image (not an image format " \
-                                     "Pillow knows)" and not_image["red"] is None
+        assert not_image["error"] == "row 0: not a readable image (not a JPEG, PNG, WebP, " \
+                                     "AVIF, GIF, BMP or TIFF image)" and not_image["red"] is None
         assert answers["/etc/hostname"][0] == 400  # MLflow's base64 decoder refuses it
         status, body = _post(url, _split("photo", [None]))
         assert status == 400 and "column photo" in body

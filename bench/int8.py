@@ -44,21 +44,11 @@ from fashiondvc import backbones  # noqa: E402
 from fashiondvc.config import ExtractorConfig  # noqa: E402
 from fashiondvc.features import FeatureExtractor, featurize  # noqa: E402
 from fashiondvc.preprocess import load_rgb, model_input, normalize  # noqa: E402
+from fashiondvc.quantize import TrunkWithSide  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared/data/ClothingAttributeDataset.zip"
 WEIGHTS = ROOT.parent / "shared/weights/vgg16_imagenet_features.pth"
-
-
-class WithSide(torch.nn.Module):
-    """The frozen part as one graph with two outputs, (trunk, side), for exporters."""
-
-    def __init__(self, part):
-        super().__init__()
-        self.part = part
-
-    def forward(self, x):
-        return self.part.forward_with_side(x)
 
 
 def photos(n: int, offset: int) -> np.ndarray:
@@ -230,11 +220,12 @@ def main() -> None:
     results = {"machine": machine.describe(), "frozen_convs": args.frozen,
                "images": args.images, "batch": args.batch, "calibration": args.calibration}
     outputs = {}
-    model = WithSide(part).eval()
+    model = TrunkWithSide(part).eval()
 
     def torch_fn(dtype):
         import copy
-        m = WithSide(copy.deepcopy(part)).to(dtype=dtype, memory_format=torch.channels_last).eval()
+        m = TrunkWithSide(copy.deepcopy(part)).to(dtype=dtype,
+                                                  memory_format=torch.channels_last).eval()
 
         @torch.inference_mode()
         def run(x):

@@ -79,7 +79,7 @@ def _quiet():
         yield
 
 
-class _WithSide(torch.nn.Module):
+class TrunkWithSide(torch.nn.Module):
     """A frozen part as one graph with two outputs, ``(trunk, side)``, for the converter."""
 
     def __init__(self, part):
@@ -124,7 +124,7 @@ class Int8Trunk:
 
         example = torch.from_numpy(images[:1])
         with _quiet():
-            model = ov.convert_model(_WithSide(part).float().eval(), example_input=example)
+            model = ov.convert_model(TrunkWithSide(part).float().eval(), example_input=example)
         model.reshape([-1, *images.shape[1:]])
         batches = [images[i:i + 8] for i in range(0, len(images), 8)]
         with _quiet():

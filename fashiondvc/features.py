@@ -250,19 +250,11 @@ def featurize(store, extractor: FeatureExtractor, out_dir: str | os.PathLike, *,
     calibration = extractor.quantize(store) if extractor.int8 and not extractor.quantized \
         else None
     with atomic_path(out_dir, is_dir=True) as tmp:
-        meta = _featurize(store, extractor, tmp, batch_size, workers, mirror)
-        if extractor.int8:
-            from fashiondvc import quantize
-
-            for suffix, data in extractor.part.files.items():
-                (tmp / f"{INT8_TRUNK}.{suffix}").write_bytes(data)
-            meta["int8"] = {"calibration_rows": calibration, **quantize.versions()}
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return meta
+        return _featurize(store, extractor, tmp, batch_size, workers, mirror, calibration)
 
 
 def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: int,
-               workers: int, mirror: bool) -> dict:
+               workers: int, mirror: bool, calibration: list[int] | None) -> dict:
     specs = extractor.specs()  # the dtypes each feature is stored in, as computed
     if extractor.int8:
         # OpenVINO's threads spin between inferences and starve forked JPEG decoders: on 2
@@ -290,6 +282,12 @@ def _featurize(store, extractor: FeatureExtractor, out_dir: Path, batch_size: in
             "features": {name: {"shape": list(shape), "dtype": dtype.name}
                          for name, (shape, dtype) in specs.items()},
             "torch": torch.__version__}
+    if extractor.int8:  # the quantized trunk the features came from, and how it was made
+        from fashiondvc import quantize
+
+        for suffix, data in extractor.part.files.items():
+            (out_dir / f"{INT8_TRUNK}.{suffix}").write_bytes(data)
+        meta["int8"] = {"calibration_rows": calibration, **quantize.versions()}
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

@@ -5,8 +5,8 @@ OpenVINO model and quantized by NNCF's post-training quantization (8-bit symmetr
 output channel, 8-bit activations, fast bias correction), calibrated on `CALIBRATION_SIZE`
 stored images picked with `CALIBRATION_SEED` (`calibration_rows`). Library chosen by
 measurement, side by side on one machine (bench/int8.md): OpenVINO int8 ran the 13-conv trunk
-2.6x faster than torch bf16 with a pooled-feature cosine >= 0.9994 to fp32; ONNX Runtime int8
-and torch's own x86 int8 path were slower, and torch's less faithful.
+3.8x faster than torch bf16 with a pooled-feature cosine >= 0.9992 to fp32; ONNX Runtime int8
+and torch's own x86 int8 path were slower, and torch's less faithful (0.9975).
 
 The featurize stage quantizes once and stores the model's two files (`Int8Trunk.files`) beside
 the features; the train stage copies them into ``net.pt``, so the index, a one-off search, the
@@ -38,12 +38,11 @@ CALIBRATION_SIZE, CALIBRATION_SEED = 32, 0
 LIBRARIES = ("openvino", "nncf")
 
 
-def missing() -> str | None:
-    """Why the int8 path cannot run here (a one-line reason), or None if it can."""
+def missing(what: str = "featurize.precision: int8") -> str | None:
+    """Why ``what`` cannot run here (a one-line reason), or None if the int8 path can."""
     absent = [name for name in LIBRARIES if importlib.util.find_spec(name) is None]
     if absent:
-        return (f"featurize.precision: int8 needs {' and '.join(absent)} "
-                "(pip install 'fashiondvc[int8]')")
+        return f"{what} needs {' and '.join(absent)} (pip install 'fashiondvc[int8]')"
     return None
 
 
@@ -149,10 +148,9 @@ class Int8Trunk:
         FashionError
             If OpenVINO is not installed, or the bytes are not a model it reads.
         """
-        reason = missing()
+        reason = missing("this model's int8 trunk")
         if reason:
-            raise FashionError(reason.replace("featurize.precision: int8 needs",
-                                              "this model's int8 trunk needs"))
+            raise FashionError(reason)
         try:
             return cls(xml, weights)
         except Exception as exc:  # noqa: BLE001 -- OpenVINO raises RuntimeError subclasses
